@@ -1,0 +1,23 @@
+"""jdrop: fast, correct inverted dropout for JAX training loops."""
+
+from jdrop._dropout import KEEP_PROB_BITS, dropout, dropout_mask, effective_keep_prob
+from jdrop._mlp import ACTIVATIONS, Params, mlp_apply, mlp_init
+from jdrop._train import TrainState, evaluate, init_train_state, l2_penalty, make_train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "KEEP_PROB_BITS",
+    "Params",
+    "TrainState",
+    "dropout",
+    "dropout_mask",
+    "effective_keep_prob",
+    "evaluate",
+    "init_train_state",
+    "l2_penalty",
+    "make_train_step",
+    "mlp_apply",
+    "mlp_init",
+]

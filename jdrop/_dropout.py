@@ -1,0 +1,339 @@
+"""Inverted dropout with explicit PRNG keys.
+
+The keep-mask is drawn from 16-bit uniform integers: ``u < t`` with
+``t = round(keep_prob * 2**16)`` keeps an entry with probability exactly
+``t / 2**16``. That value is :func:`effective_keep_prob`, and kept entries are
+divided by it, so the expected output equals the input exactly.
+
+For threefry keys (JAX's default) the bits come straight from the threefry2x32
+hash: one hash of the counter ``(row, column // 4)`` gives 64 bits, which serve
+four neighbouring entries as four 16-bit lanes. ``jax.random.bernoulli`` spends
+one hash per entry, so this is about four times less hashing, and because the
+counter is a function of the entry's index alone, the mask does not depend on
+how ``x`` is laid out or sharded. Other key implementations (``"rbg"``,
+``"unsafe_rbg"``, custom ones) use ``jax.random.bits``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
+
+__all__ = ["dropout", "dropout_mask", "effective_keep_prob"]
+
+#: Resolution of the keep probability: masks compare 16-bit uniforms.
+KEEP_PROB_BITS = 16
+_LEVELS = 1 << KEEP_PROB_BITS  # 65536
+_LANES = 4  # 16-bit lanes in one 64-bit threefry output
+_MAX_COUNTER = 1 << 32
+
+KeyLike = jax.Array  # a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)
+
+
+def _check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> float | None:
+    """Validates ``keep_prob``; returns it as a float, or None when it is traced.
+
+    A traced value cannot be checked while tracing; :func:`_threshold` turns an
+    out-of-range traced value into NaN outputs instead.
+    """
+    if isinstance(keep_prob, bool):
+        raise TypeError(f"{name} must be a float in (0, 1], got the bool {keep_prob}.")
+    if isinstance(keep_prob, jax.core.Tracer):
+        if keep_prob.shape != ():
+            raise ValueError(f"{name} must be a scalar, got an array of shape {keep_prob.shape}.")
+        if not (jnp.issubdtype(keep_prob.dtype, jnp.floating) or jnp.issubdtype(keep_prob.dtype, jnp.integer)):
+            raise TypeError(f"{name} must be a real number, got dtype {keep_prob.dtype}.")
+        return None
+    if isinstance(keep_prob, numbers.Real):
+        value = float(keep_prob)
+    else:
+        array = np.asarray(keep_prob)
+        if array.shape != ():
+            raise ValueError(f"{name} must be a scalar, got an array of shape {array.shape}.")
+        if array.dtype == np.bool_ or not (
+            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+        ):
+            raise TypeError(f"{name} must be a real number in (0, 1], got dtype {array.dtype}.")
+        value = float(array)
+    # Written so that NaN fails the test too.
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1] (the probability of keeping a unit), got {value}.")
+    return value
+
+
+def _threshold_and_effective(keep_prob: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns the uint32 threshold ``t`` and the float32 effective keep probability ``t / 2**16``.
+
+    ``t = round(keep_prob * 2**16)``, but at least 1 for any positive
+    ``keep_prob``: a positive keep probability never silently becomes "drop
+    everything", and the error stays below ``2**-16``. A traced 0.0 gives
+    ``t = 0`` (drop everything). A traced value outside [0, 1] or NaN cannot
+    raise, so it keeps everything and makes the effective value NaN: every
+    output becomes NaN rather than a plausible wrong number.
+    """
+    if not isinstance(keep_prob, jax.core.Tracer):
+        # Concrete and already validated: do the arithmetic in Python, no device work.
+        threshold = max(1, round(float(keep_prob) * _LEVELS))
+        return jnp.uint32(threshold), jnp.float32(threshold / _LEVELS)
+    p = keep_prob.astype(jnp.float32)
+    valid = (p >= 0.0) & (p <= 1.0)  # False for NaN
+    t = jnp.where(p > 0.0, jnp.maximum(jnp.round(p * _LEVELS), 1.0), 0.0)
+    t = jnp.where(valid, t, float(_LEVELS))
+    effective = jnp.where(valid, t / _LEVELS, jnp.nan)
+    return t.astype(jnp.uint32), effective
+
+
+def effective_keep_prob(keep_prob: float | jax.Array) -> jax.Array:
+    r"""The keep probability that :func:`dropout` realises for ``keep_prob``.
+
+    Masks compare 16-bit uniform integers with a threshold, so the keep
+    probability is quantised to a multiple of :math:`2^{-16}`:
+
+    .. math::
+
+        t = \max\left(1, \operatorname{round}(2^{16} p)\right), \qquad
+        p_\text{eff} = t / 2^{16}, \qquad |p_\text{eff} - p| \le 2^{-16}.
+
+    Kept units are divided by :math:`p_\text{eff}` (not :math:`p`), so the
+    expected output of dropout equals its input exactly.
+
+    Args:
+      keep_prob: probability of keeping a unit, in (0, 1]. A traced scalar is
+        accepted (0.0 then means "drop everything").
+
+    Returns:
+      A float32 scalar.
+
+    Raises:
+      ValueError: if a concrete ``keep_prob`` is outside (0, 1], NaN or not a scalar.
+      TypeError: if ``keep_prob`` is not a real number.
+
+    Example:
+      >>> float(jdrop.effective_keep_prob(0.5))
+      0.5
+      >>> float(jdrop.effective_keep_prob(0.8))  # 52429 / 65536
+      0.8000030517578125
+    """
+    _check_keep_prob(keep_prob)
+    return _threshold_and_effective(keep_prob)[1]
+
+
+def _as_key(key: KeyLike | None, name: str = "key") -> jax.Array:
+    """Returns ``key`` as a single typed key, accepting legacy raw uint32 keys."""
+    if key is None:
+        raise ValueError(
+            f"{name} is None, but dropout is active: pass {name}=jax.random.key(...) "
+            "(split a fresh one for every call), or set deterministic=True for evaluation."
+        )
+    if not isinstance(key, jax.Array | np.ndarray):
+        raise TypeError(
+            f"{name} must be a PRNG key from jax.random.key or jax.random.PRNGKey, got {type(key).__name__}."
+        )
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32:
+            raise TypeError(
+                f"{name} must be a PRNG key from jax.random.key or jax.random.PRNGKey, "
+                f"got an array of dtype {key.dtype}."
+            )
+        try:
+            key = jax.random.wrap_key_data(key)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{name} has shape {key.shape}, which is not a single raw key of the default PRNG implementation."
+            ) from error
+    if key.shape != ():
+        raise ValueError(
+            f"{name} must be a single key, got a batch of keys of shape {key.shape}: use jax.vmap to map over keys."
+        )
+    return key
+
+
+def _threefry_uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """16-bit uniforms (as uint32) from threefry2x32 hashes of ``(row, column // 4)``."""
+    if not shape:
+        return _threefry_uniform16(key, (1,)).reshape(())
+    *lead, cols = shape
+    groups = -(-cols // _LANES)
+    rows = math.prod(lead)
+    if rows >= _MAX_COUNTER or groups >= _MAX_COUNTER:
+        raise ValueError(f"shape {shape} is too large for the 32-bit counters of the mask generator.")
+    hash_shape = (*lead, groups)
+    # Row-major index of the leading axes, built from iotas (not a reshape) so
+    # that every device can compute its own shard's counters.
+    row = jnp.zeros(hash_shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(lead))):
+        row = row + jax.lax.broadcasted_iota(jnp.uint32, hash_shape, axis) * jnp.uint32(stride)
+        stride *= lead[axis]
+    col = jax.lax.broadcasted_iota(jnp.uint32, hash_shape, len(lead))
+    key_words = jax.random.key_data(key)
+    hi, lo = threefry2x32_p.bind(key_words[0], key_words[1], row, col)  # type: ignore[no-untyped-call]
+    lanes = jnp.stack([lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16], axis=-1)
+    return lanes.reshape(*lead, groups * _LANES)[..., :cols]
+
+
+def _uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if str(jax.random.key_impl(key)) == "threefry2x32":
+        return _threefry_uniform16(key, shape)
+    return jax.random.bits(key, shape, jnp.uint16).astype(jnp.uint32)
+
+
+def _keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float | jax.Array) -> jax.Array:
+    threshold, _ = _threshold_and_effective(keep_prob)
+    return _uniform16(key, shape) < threshold
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError as error:
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}.") from error
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape must have non-negative sizes, got {dims}.")
+    return dims
+
+
+def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: float | jax.Array) -> jax.Array:
+    r"""The boolean keep-mask (True = keep) that :func:`dropout` draws for ``key``.
+
+    Each entry is kept independently with probability
+    :func:`effective_keep_prob` ``(keep_prob)``. The same key and shape always
+    give the same mask; ``dropout(key, x, keep_prob)`` uses
+    ``dropout_mask(key, x.shape, keep_prob)``.
+
+    Args:
+      key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
+      shape: shape of the mask.
+      keep_prob: probability of keeping an entry, in (0, 1]; may be traced.
+
+    Returns:
+      A bool array of shape ``shape``.
+
+    Raises:
+      ValueError: if ``keep_prob`` is outside (0, 1], ``key`` is None or not a
+        single key, or ``shape`` has a negative size.
+      TypeError: if ``key``, ``shape`` or ``keep_prob`` has the wrong type.
+
+    Example:
+      >>> mask = jdrop.dropout_mask(jax.random.key(0), (2, 4), 0.5)
+      >>> mask.shape, mask.dtype
+      ((2, 4), dtype('bool'))
+    """
+    dims = _check_shape(shape)
+    concrete = _check_keep_prob(keep_prob)
+    typed_key = _as_key(key)
+    if concrete == 1.0:
+        return jnp.ones(dims, dtype=bool)
+    return _keep_mask(typed_key, dims, keep_prob)
+
+
+def _check_broadcast_dims(broadcast_dims: Sequence[int], ndim: int) -> frozenset[int]:
+    axes: set[int] = set()
+    for axis in broadcast_dims:
+        if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+            raise TypeError(f"broadcast_dims must contain ints, got {axis!r}.")
+        if not -ndim <= axis < ndim:
+            raise ValueError(
+                f"broadcast_dims contains axis {axis}, out of range for x with {ndim} dimensions "
+                f"(accepted: {-ndim} to {ndim - 1})."
+            )
+        axes.add(int(axis) % ndim)
+    return frozenset(axes)
+
+
+def _check_floating(x: jax.Array, name: str = "x") -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}.")
+
+
+def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
+    """``x / effective``, computed in at least float32 and rounded once to ``x.dtype``."""
+    compute_dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    # A traced keep_prob of 0.0 drops everything; dividing by 1 there keeps the
+    # (unused) branch finite so that its gradient is 0 rather than NaN.
+    safe = jnp.where(effective == 0.0, jnp.float32(1.0), effective)
+    return (x.astype(compute_dtype) / safe.astype(compute_dtype)).astype(x.dtype)
+
+
+def dropout(
+    key: KeyLike | None,
+    x: jax.Array,
+    keep_prob: float | jax.Array,
+    *,
+    deterministic: bool = False,
+    broadcast_dims: Sequence[int] = (),
+) -> jax.Array:
+    r"""Inverted dropout: keeps each entry of ``x`` with probability ``keep_prob``.
+
+    Kept entries are divided by the keep probability, dropped ones are zero,
+    so the expected output is the input and evaluation needs no rescaling:
+
+    .. math::
+
+        m_i \sim \operatorname{Bernoulli}(p_\text{eff}), \qquad
+        y_i = \begin{cases} x_i / p_\text{eff} & m_i = 1 \\ 0 & m_i = 0 \end{cases},
+        \qquad \mathbb{E}[y_i] = x_i,
+
+    with :math:`p_\text{eff}` = :func:`effective_keep_prob` ``(keep_prob)``.
+    Exactly, ``dropout(key, x, p)`` equals
+    ``jnp.where(mask, x / effective_keep_prob(p), 0)`` with
+    ``mask = dropout_mask(key, s, p)`` broadcast to ``x.shape``, where ``s`` is
+    ``x.shape`` with 1 at the axes in ``broadcast_dims``. For float16 and
+    bfloat16 the division is done in float32 and rounded once. Dropped entries
+    are exactly 0 even where ``x`` is inf or NaN.
+
+    Flax and Haiku take the drop rate instead: ``rate = 1 - keep_prob``.
+
+    Args:
+      key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
+        Not needed when ``deterministic=True`` or ``keep_prob`` is the Python
+        value 1.0. Use a new key for every call: the same key gives the same mask.
+      x: floating array of any shape.
+      keep_prob: probability of keeping an entry, in (0, 1]. A traced scalar
+        (for a schedule) does not trigger recompilation; a traced 0.0 drops
+        everything with zero gradients. A traced value outside [0, 1] cannot
+        raise and makes the output NaN.
+      deterministic: if True, return ``x`` unchanged (evaluation).
+      broadcast_dims: axes along which the mask is shared, e.g. ``(1,)`` for
+        one mask across all time steps of ``(batch, time, features)``.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: if a concrete ``keep_prob`` is outside (0, 1] or NaN, an axis
+        in ``broadcast_dims`` is out of range, or ``key`` is missing while
+        dropout is active.
+      TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
+
+    Example:
+      >>> x = jnp.ones((2, 4))
+      >>> y = jdrop.dropout(jax.random.key(0), x, keep_prob=0.5)
+      >>> sorted(set(y.ravel().tolist()))  # dropped: 0, kept: 1 / 0.5
+      [0.0, 2.0]
+      >>> jdrop.dropout(None, x, 0.5, deterministic=True) is x
+      True
+    """
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    _check_floating(x)
+    axes = _check_broadcast_dims(broadcast_dims, x.ndim)
+    concrete = _check_keep_prob(keep_prob)
+    if not isinstance(deterministic, bool | np.bool_):
+        raise TypeError(
+            f"deterministic must be a Python bool (mark it static in jax.jit), got {type(deterministic).__name__}."
+        )
+    if deterministic or concrete == 1.0:
+        return x
+    typed_key = _as_key(key)
+    mask_shape = tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
+    threshold, effective = _threshold_and_effective(keep_prob)
+    mask = _uniform16(typed_key, mask_shape) < threshold
+    return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))

@@ -1,0 +1,181 @@
+"""A multilayer perceptron with per-layer dropout, as a pure init/apply pair."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jdrop._dropout import _as_key, _check_floating, _check_keep_prob, dropout
+
+__all__ = ["ACTIVATIONS", "Params", "mlp_apply", "mlp_init"]
+
+#: Parameters of an MLP: one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
+Params = list[dict[str, jax.Array]]
+Activation = str | Callable[[jax.Array], jax.Array]
+Initializer = Callable[..., jax.Array]
+
+#: The activations that ``activation="name"`` selects.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "gelu": jax.nn.gelu,
+}
+
+
+def _resolve_activation(activation: Activation) -> Callable[[jax.Array], jax.Array]:
+    if callable(activation):
+        return activation
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return ACTIVATIONS[activation]
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}.")
+
+
+def _default_w_init(activation: Activation) -> Initializer:
+    # He initialisation keeps the activation variance constant through relu-like
+    # units (half of them are zero); Glorot suits saturating ones.
+    if activation in ("relu", "gelu"):
+        return jax.nn.initializers.he_normal()
+    return jax.nn.initializers.glorot_normal()
+
+
+def mlp_init(
+    key: jax.Array,
+    layer_sizes: Sequence[int],
+    *,
+    activation: Activation = "relu",
+    w_init: Initializer | None = None,
+    b_init: Initializer = jax.nn.initializers.zeros,
+    dtype: jnp.dtype = jnp.float32,
+) -> Params:
+    r"""Initialises the parameters of a fully connected network.
+
+    Layer :math:`l` maps ``(batch, n_in)`` to ``(batch, n_out)`` as
+    ``a @ w + b``. This is the batch-first form of the column convention
+    :math:`z = W a + b`: ``w`` is :math:`W^\top`, of shape ``(n_in, n_out)``,
+    and each row of the batch is one example's :math:`a^\top`.
+
+    Args:
+      key: PRNG key; split once per layer.
+      layer_sizes: widths from input to output, e.g. ``(40, 512, 512, 10)``;
+        at least two positive ints.
+      activation: the activation that :func:`mlp_apply` will use. It only
+        picks the default ``w_init``: He normal for "relu" and "gelu", Glorot
+        normal otherwise.
+      w_init: a ``jax.nn.initializers`` initialiser for the weights.
+      b_init: initialiser for the biases (zeros by default).
+      dtype: parameter dtype.
+
+    Returns:
+      A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
+
+    Raises:
+      ValueError: if ``layer_sizes`` has fewer than two entries or a size below 1.
+
+    Example:
+      >>> params = jdrop.mlp_init(jax.random.key(0), (40, 128, 10))
+      >>> [(layer["w"].shape, layer["b"].shape) for layer in params]
+      [((40, 128), (128,)), ((128, 10), (10,))]
+    """
+    sizes = tuple(layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least two entries (input and output width), got {sizes}.")
+    if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in sizes):
+        raise ValueError(f"layer_sizes must be positive ints, got {sizes}.")
+    w_init = _default_w_init(activation) if w_init is None else w_init
+    keys = jax.random.split(_as_key(key), len(sizes) - 1)
+    return [
+        {
+            "w": w_init(layer_key, (n_in, n_out), dtype),
+            "b": b_init(layer_key, (n_out,), dtype),
+        }
+        for layer_key, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+
+
+def mlp_apply(
+    params: Params,
+    x: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    keep_probs: Sequence[float | jax.Array] | None = None,
+    deterministic: bool = False,
+    activation: Activation = "relu",
+) -> jax.Array:
+    r"""Runs the MLP with dropout on the input of each layer; returns logits.
+
+    For layers :math:`l = 0, \dots, L-1`, with :math:`a_0 = x`:
+
+    .. math::
+
+        z_l = \operatorname{dropout}(k_l, a_l, p_l)\, W_l + b_l, \qquad
+        a_{l+1} = \sigma(z_l),
+
+    and the logits :math:`z_{L-1}` are returned without activation or dropout.
+    ``keep_probs[0]`` applies to the input features, ``keep_probs[l]`` to the
+    hidden units feeding layer ``l``. ``key`` is split once into one key per
+    layer, so every layer and every example gets its own mask.
+
+    Args:
+      params: from :func:`mlp_init`.
+      x: ``(..., n_in)`` inputs, usually ``(batch, n_in)``.
+      key: PRNG key; required when some ``keep_probs`` entry is below 1 and
+        ``deterministic`` is False. Pass a fresh key every step.
+      keep_probs: one keep probability per layer, in (0, 1], each a float or a
+        traced scalar; ``None`` means no dropout.
+      deterministic: if True, the plain network: all units, no scaling, no key.
+      activation: "relu", "tanh", "sigmoid", "gelu", or a callable.
+
+    Returns:
+      ``(..., n_out)`` logits.
+
+    Raises:
+      ValueError: if ``len(keep_probs) != len(params)``, the input width is not
+        the first layer's ``n_in``, a keep probability is outside (0, 1], the
+        activation is unknown, or ``key`` is missing while dropout is active.
+      TypeError: if ``x`` is not floating.
+
+    Example:
+      >>> params = jdrop.mlp_init(jax.random.key(0), (40, 128, 10))
+      >>> x = jnp.ones((32, 40))
+      >>> logits = jdrop.mlp_apply(params, x, key=jax.random.key(1), keep_probs=(0.9, 0.5))
+      >>> logits.shape
+      (32, 10)
+      >>> jdrop.mlp_apply(params, x, deterministic=True).shape  # evaluation
+      (32, 10)
+    """
+    act = _resolve_activation(activation)
+    if not params:
+        raise ValueError("params is empty: build it with mlp_init.")
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    _check_floating(x)
+    n_in = params[0]["w"].shape[0]
+    if x.ndim == 0 or x.shape[-1] != n_in:
+        raise ValueError(
+            f"x has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), but the first layer expects n_in={n_in}."
+        )
+    active = False
+    if keep_probs is not None:
+        keep_probs = tuple(keep_probs)
+        if len(keep_probs) != len(params):
+            raise ValueError(
+                f"keep_probs has {len(keep_probs)} entries but params has {len(params)} layers: "
+                "give one keep probability per layer (keep_probs[0] applies to the input)."
+            )
+        concrete = [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep_probs)]
+        active = not deterministic and any(value != 1.0 for value in concrete)
+    if active:
+        keys = jax.random.split(_as_key(key), len(params))
+    a = x
+    last = len(params) - 1
+    for i, layer in enumerate(params):
+        if active:
+            a = dropout(keys[i], a, keep_probs[i])  # type: ignore[index]
+        a = a @ layer["w"] + layer["b"]
+        if i < last:
+            a = act(a)
+    return a
