@@ -1,0 +1,181 @@
+"""Tests for jdrop._mlp: initialisation, the forward pass, per-layer dropout, errors."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import jdrop
+
+KEY = jax.random.key(0)
+SIZES = (12, 32, 24, 5)
+
+
+def hand_forward(params, x, activation, keys=None, keep_probs=None):
+    """The MLP written out layer by layer, independently of mlp_apply."""
+    a = x
+    for i, layer in enumerate(params):
+        if keys is not None:
+            a = jdrop.dropout(keys[i], a, keep_probs[i])
+        a = jnp.dot(a, layer["w"]) + layer["b"]
+        if i < len(params) - 1:
+            a = activation(a)
+    return a
+
+
+class InitTest(parameterized.TestCase):
+    def test_shapes_and_dtype(self):
+        params = jdrop.mlp_init(KEY, SIZES, dtype=jnp.bfloat16)
+        assert len(params) == 3
+        for layer, n_in, n_out in zip(params, SIZES[:-1], SIZES[1:], strict=True):
+            chex.assert_shape(layer["w"], (n_in, n_out))
+            chex.assert_shape(layer["b"], (n_out,))
+            chex.assert_type([layer["w"], layer["b"]], jnp.bfloat16)
+            np.testing.assert_array_equal(layer["b"], 0)
+
+    @parameterized.parameters(("relu", 2.0), ("gelu", 2.0), ("tanh", None), ("sigmoid", None))
+    def test_weight_variance_suits_the_activation(self, activation, fan_in_scale):
+        n_in, n_out = 400, 500
+        w = jdrop.mlp_init(KEY, (n_in, n_out), activation=activation)[0]["w"]
+        expected = fan_in_scale / n_in if fan_in_scale else 2.0 / (n_in + n_out)  # He or Glorot
+        # The sample variance of N normal draws has standard deviation sqrt(2 / N) * var.
+        tolerance = 5 * math.sqrt(2.0 / w.size) * expected
+        assert abs(float(jnp.var(w)) - expected) <= tolerance, (float(jnp.var(w)), expected)
+
+    def test_custom_initialisers_and_layer_keys(self):
+        params = jdrop.mlp_init(KEY, SIZES, w_init=jax.nn.initializers.ones, b_init=jax.nn.initializers.constant(0.5))
+        np.testing.assert_array_equal(params[1]["w"], 1.0)
+        np.testing.assert_array_equal(params[1]["b"], 0.5)
+        default = jdrop.mlp_init(KEY, (8, 8, 8))
+        assert not np.array_equal(default[0]["w"], default[1]["w"])  # each layer its own key
+
+    @pytest.mark.filterwarnings("ignore")
+    def test_errors(self):
+        with pytest.raises(ValueError, match="at least two"):
+            jdrop.mlp_init(KEY, (10,))
+        with pytest.raises(ValueError, match="positive ints"):
+            jdrop.mlp_init(KEY, (10, 0, 3))
+        with pytest.raises(ValueError, match="positive ints"):
+            jdrop.mlp_init(KEY, (10, 2.5, 3))
+
+
+class ApplyTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(
+        ("relu", jax.nn.relu), ("tanh", jnp.tanh), ("sigmoid", jax.nn.sigmoid), ("gelu", jax.nn.gelu)
+    )
+    def test_deterministic_equals_the_hand_written_forward_pass(self, name, function):
+        params = jdrop.mlp_init(KEY, SIZES, activation=name)
+        x = jax.random.normal(jax.random.key(1), (7, SIZES[0]))
+        out = self.variant(lambda p, x: jdrop.mlp_apply(p, x, deterministic=True, activation=name))(params, x)
+        chex.assert_shape(out, (7, SIZES[-1]))
+        chex.assert_trees_all_close(out, hand_forward(params, x, function), rtol=1e-6, atol=1e-6)
+
+    def test_callable_activation_and_no_dropout_paths_agree(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jax.random.normal(jax.random.key(2), (4, SIZES[0]))
+        expected = hand_forward(params, x, jax.nn.softplus)
+        for out in (
+            jdrop.mlp_apply(params, x, activation=jax.nn.softplus),
+            jdrop.mlp_apply(params, x, activation=jax.nn.softplus, keep_probs=(1.0, 1.0, 1.0)),
+            jdrop.mlp_apply(params, x, activation=jax.nn.softplus, keep_probs=(0.5, 0.5, 0.5), deterministic=True),
+        ):
+            chex.assert_trees_all_close(out, expected, rtol=1e-6, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_dropout_uses_one_split_key_per_layer(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jax.random.normal(jax.random.key(3), (6, SIZES[0]))
+        keep_probs = (0.9, 0.5, 0.7)
+        out = self.variant(lambda p, x, k: jdrop.mlp_apply(p, x, key=k, keep_probs=keep_probs))(params, x, KEY)
+        keys = jax.random.split(KEY, 3)
+        chex.assert_trees_all_close(out, hand_forward(params, x, jax.nn.relu, keys, keep_probs), rtol=1e-6, atol=1e-6)
+        # Layers 1 and 2 see 32- and 24-wide inputs; compare their masks on a common shape.
+        assert not np.array_equal(jdrop.dropout_mask(keys[1], (6, 24), 0.5), jdrop.dropout_mask(keys[2], (6, 24), 0.5))
+
+    def test_every_example_gets_its_own_mask(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jnp.tile(jax.random.normal(jax.random.key(4), (1, SIZES[0])), (64, 1))  # 64 identical rows
+        out = np.asarray(jdrop.mlp_apply(params, x, key=KEY, keep_probs=(1.0, 0.5, 0.5)))
+        assert len({row.tobytes() for row in out}) == 64
+        plain = jdrop.mlp_apply(params, x, deterministic=True)
+        assert len({row.tobytes() for row in np.asarray(plain)}) == 1
+
+    def test_same_key_same_output_other_key_other_output(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jax.random.normal(jax.random.key(5), (8, SIZES[0]))
+        a, b, c = (jdrop.mlp_apply(params, x, key=k, keep_probs=(0.8, 0.5, 0.5)) for k in (KEY, KEY, jax.random.key(9)))
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+    def test_gradients_use_the_forward_masks(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jax.random.normal(jax.random.key(6), (8, SIZES[0]))
+        keep_probs = (0.8, 0.5, 0.5)
+        keys = jax.random.split(KEY, 3)
+
+        def loss(p, apply):
+            return jnp.sum(apply(p) ** 2)
+
+        grads = jax.grad(loss)(params, lambda p: jdrop.mlp_apply(p, x, key=KEY, keep_probs=keep_probs))
+        expected = jax.grad(loss)(params, lambda p: hand_forward(p, x, jax.nn.relu, keys, keep_probs))
+        chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-6)
+
+    def test_vmap_over_keys_and_traced_keep_probs_without_retracing(self):
+        params = jdrop.mlp_init(KEY, SIZES)
+        x = jax.random.normal(jax.random.key(7), (4, SIZES[0]))
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def apply(keys, keep_prob):
+            return jax.vmap(lambda k: jdrop.mlp_apply(params, x, key=k, keep_probs=(1.0, keep_prob, keep_prob)))(keys)
+
+        keys = jax.random.split(KEY, 3)
+        for keep_prob in (0.3, 0.6, 0.9):
+            out = apply(keys, jnp.float32(keep_prob))
+            chex.assert_shape(out, (3, 4, SIZES[-1]))
+            expected = jdrop.mlp_apply(params, x, key=keys[1], keep_probs=(1.0, keep_prob, keep_prob))
+            chex.assert_trees_all_close(out[1], expected, rtol=1e-6, atol=1e-6)
+
+    def test_accepts_legacy_raw_keys_and_leading_batch_axes(self):
+        params = jdrop.mlp_init(jax.random.PRNGKey(0), SIZES)
+        x = jax.random.normal(jax.random.key(8), (2, 3, SIZES[0]))
+        raw = jdrop.mlp_apply(params, x, key=jax.random.PRNGKey(4), keep_probs=(0.9, 0.5, 0.5))
+        typed = jdrop.mlp_apply(
+            params, x, key=jax.random.wrap_key_data(jax.random.PRNGKey(4)), keep_probs=(0.9, 0.5, 0.5)
+        )
+        chex.assert_shape(raw, (2, 3, SIZES[-1]))
+        np.testing.assert_array_equal(raw, typed)
+
+
+class TestApplyErrors:
+    params = jdrop.mlp_init(KEY, SIZES)
+    x = jnp.ones((2, SIZES[0]))
+
+    def test_keep_probs_length(self):
+        with pytest.raises(ValueError, match="keep_probs has 2 entries but params has 3 layers"):
+            jdrop.mlp_apply(self.params, self.x, key=KEY, keep_probs=(0.5, 0.5))
+
+    def test_input_width_names_both_widths(self):
+        with pytest.raises(ValueError, match=r"x has 11 features.*n_in=12"):
+            jdrop.mlp_apply(self.params, jnp.ones((2, 11)), deterministic=True)
+
+    def test_missing_key_when_dropout_is_active(self):
+        with pytest.raises(ValueError, match=r"pass key=.*deterministic=True"):
+            jdrop.mlp_apply(self.params, self.x, keep_probs=(1.0, 0.5, 0.5))
+
+    def test_keep_prob_out_of_range_names_the_layer(self):
+        with pytest.raises(ValueError, match=r"keep_probs\[1\] must be in \(0, 1\]"):
+            jdrop.mlp_apply(self.params, self.x, key=KEY, keep_probs=(1.0, 0.0, 0.5))
+
+    def test_unknown_activation_and_bad_inputs(self):
+        with pytest.raises(ValueError, match="activation must be one of"):
+            jdrop.mlp_apply(self.params, self.x, activation="swish")
+        with pytest.raises(TypeError, match="floating"):
+            jdrop.mlp_apply(self.params, jnp.ones((2, SIZES[0]), jnp.int32))
+        with pytest.raises(ValueError, match="params is empty"):
+            jdrop.mlp_apply([], self.x)

@@ -1,0 +1,140 @@
+"""Tests for jdrop._train: the optax training step, L2, evaluation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jdrop
+
+KEY = jax.random.key(0)
+SIZES = (8, 32, 32, 3)
+KEEP_PROBS = (1.0, 0.5, 0.5)
+
+
+def blobs(n=240, seed=0):
+    """Three Gaussian classes in 8 dimensions: a small problem an MLP can learn."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 8)) * 2.0
+    y = np.arange(n) % 3
+    x = centres[y] + rng.normal(size=(n, 8))
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+
+
+def train(step_fn, state, x, y, steps, key=KEY):
+    for _ in range(steps):
+        state, metrics = step_fn(state, x, y, key)
+    return state, metrics
+
+
+@pytest.mark.standard_promotion  # optax.adam's bias correction mixes int and float
+def test_training_with_adam_dropout_and_l2_lowers_the_loss():
+    x, y = blobs()
+    optimizer = optax.adam(1e-2)
+    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    before = jdrop.evaluate(state.params, x, y)
+    step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS, l2=1e-2)
+    state, _ = train(step, state, x, y, 150)
+    after = jdrop.evaluate(state.params, x, y)
+    assert int(state.step) == 150
+    assert float(after["cross_entropy"]) < 0.25 * float(before["cross_entropy"])
+    assert float(after["accuracy"]) > 0.95
+
+
+def test_same_key_reproduces_the_run_bit_for_bit_and_another_key_does_not():
+    x, y = blobs()
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
+    start = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    first, _ = train(step, start, x, y, 10)
+    second, _ = train(step, start, x, y, 10)
+    other, _ = train(step, start, x, y, 10, key=jax.random.key(1))
+    chex.assert_trees_all_equal(first, second)
+    assert not np.array_equal(first.params[1]["w"], other.params[1]["w"])
+
+
+def test_each_step_folds_its_count_into_the_key_and_backprop_uses_the_forward_masks():
+    x, y = blobs(n=30)
+    learning_rate = 0.1
+    optimizer = optax.sgd(learning_rate)
+    step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
+    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+
+    def loss(params, step_key):
+        logits = jdrop.mlp_apply(params, x, key=step_key, keep_probs=KEEP_PROBS)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    params = state.params
+    for count in range(3):
+        state, metrics = step(state, x, y, KEY)
+        step_key = jax.random.fold_in(KEY, count)
+        expected_loss, grads = jax.value_and_grad(loss)(params, step_key)
+        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
+        chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
+    # Masks really differ between steps: the step-0 and step-1 keys give other losses.
+    assert float(loss(params, jax.random.fold_in(KEY, 0))) != float(loss(params, jax.random.fold_in(KEY, 1)))
+
+
+def test_l2_penalty_is_lambda_over_2m_times_the_squared_weights():
+    params = jdrop.mlp_init(KEY, SIZES)
+    squares = sum(float(jnp.sum(layer["w"] ** 2)) for layer in params)
+    chex.assert_trees_all_close(jdrop.l2_penalty(params, 0.3, 20), 0.3 / 40 * squares, rtol=1e-6)
+    x, y = blobs(n=20)
+    optimizer = optax.sgd(0.05)
+    state = jdrop.init_train_state(params, optimizer)
+    new_state, metrics = jdrop.make_train_step(optimizer, l2=0.3)(state, x, y, KEY)
+    chex.assert_trees_all_close(
+        metrics["loss"] - metrics["cross_entropy"], jdrop.l2_penalty(params, 0.3, 20), rtol=1e-5
+    )
+    # The penalty's gradient, lambda / m * W, reaches the weights but not the biases.
+    plain, _ = jdrop.make_train_step(optimizer)(state, x, y, KEY)
+    for layer, with_l2, without in zip(params, new_state.params, plain.params, strict=True):
+        chex.assert_trees_all_close(without["w"] - with_l2["w"], 0.05 * 0.3 / 20 * layer["w"], atol=1e-7)
+        np.testing.assert_array_equal(without["b"], with_l2["b"])
+
+
+def test_steps_run_inside_lax_scan_and_never_retrace():
+    x, y = blobs(n=40)
+    optimizer = optax.sgd(0.1)
+    step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS, activation="tanh")
+    start = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES, activation="tanh"), optimizer)
+    looped, _ = train(step, start, x, y, 5)
+    assert step._cache_size() == 1  # one compilation for all five steps
+
+    def body(state, _):
+        return step(state, x, y, KEY)
+
+    scanned, metrics = jax.jit(lambda s: jax.lax.scan(body, s, None, length=5))(start)
+    chex.assert_shape(metrics["loss"], (5,))
+    chex.assert_trees_all_close(scanned, looped, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_is_deterministic_and_matches_the_plain_network():
+    x, y = blobs(n=50)
+    params = jdrop.mlp_init(KEY, SIZES)
+    metrics = jdrop.evaluate(params, x, y)
+    logits = jdrop.mlp_apply(params, x, deterministic=True)
+    chex.assert_trees_all_close(
+        metrics["cross_entropy"], optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), rtol=1e-6
+    )
+    chex.assert_trees_all_close(metrics["accuracy"], jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)))
+    chex.assert_trees_all_equal(metrics, jdrop.evaluate(params, x, y))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="l2 must be a real number >= 0"):
+        jdrop.make_train_step(optax.sgd(0.1), l2=-1.0)
+    with pytest.raises(ValueError, match="l2"):
+        jdrop.make_train_step(optax.sgd(0.1), l2=float("nan"))
+    with pytest.raises(ValueError, match=r"keep_probs\[2\] must be in \(0, 1\]"):
+        jdrop.make_train_step(optax.sgd(0.1), keep_probs=(1.0, 0.5, 1.5))
+    with pytest.raises(ValueError, match="activation"):
+        jdrop.make_train_step(optax.sgd(0.1), activation="swish")
+    x, y = blobs(n=10)
+    optimizer = optax.sgd(0.1)
+    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    with pytest.raises(ValueError, match="keep_probs has 2 entries"):
+        jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, KEY)
