@@ -10,6 +10,7 @@ import pytest
 from absl.testing import parameterized
 
 import jdrop
+from jdrop._dropout import _uniform16
 
 KEY = jax.random.key(0)
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -153,21 +154,37 @@ class StatisticsTest(parameterized.TestCase):
         difference = float(jnp.sum(out) - jnp.sum(x))
         assert abs(difference) <= SIGMAS * sigma, (difference, sigma)
 
-    @parameterized.parameters(0.5, 0.8)
-    def test_every_lane_is_unbiased_and_neighbours_are_independent(self, keep_prob):
-        # Four neighbouring entries share one 64-bit hash as four 16-bit lanes:
-        # each lane must be unbiased, and neighbours (same hash or not) independent.
-        mask = np.asarray(jdrop.dropout_mask(jax.random.key(14), (2048, 2048), keep_prob))
+    @parameterized.parameters((2048, 2048), (1 << 22,), (1 << 22, 1), (64, 256, 256))
+    def test_every_bit_of_the_16_bit_uniforms_is_unbiased(self, *shape):
+        # Rows of one entry (a column vector) and 1-D arrays stress the row and
+        # column counters separately.
+        uniforms = np.asarray(_uniform16(jax.random.key(14), shape)).ravel()
+        assert uniforms.max() < 1 << 16
+        for bit in range(16):
+            assert_binomial(int(((uniforms >> bit) & 1).sum()), uniforms.size, 0.5, f"bit {bit} of {shape}")
+
+    def test_the_16_bit_uniforms_fill_every_value_evenly(self):
+        uniforms = np.asarray(_uniform16(jax.random.key(15), (2048, 2048))).ravel()
+        counts = np.bincount(uniforms, minlength=1 << 16)
+        expected = uniforms.size / (1 << 16)
+        chi_square = float(((counts - expected) ** 2 / expected).sum())
+        degrees = (1 << 16) - 1  # chi-square mean; its standard deviation is sqrt(2 * degrees)
+        assert abs(chi_square - degrees) <= SIGMAS * math.sqrt(2 * degrees), chi_square
+
+    @parameterized.parameters(((2048, 2048), 0.5), ((2048, 2048), 0.8), ((1 << 22, 1), 0.5), ((1 << 22,), 0.8))
+    def test_neighbouring_entries_are_independent(self, shape, keep_prob):
+        mask = np.asarray(jdrop.dropout_mask(jax.random.key(16), shape, keep_prob)).reshape(2048, 2048)
         p = float(jdrop.effective_keep_prob(keep_prob))
-        lanes = mask.reshape(2048, 512, 4)
-        for lane in range(4):
-            assert_binomial(int(lanes[..., lane].sum()), lanes[..., lane].size, p, f"lane {lane}")
-        both = mask[:, :-1] & mask[:, 1:]
-        for offset in range(4):  # pairs inside a hash (offsets 0-2) and across two hashes (3)
-            pairs = both[:, offset::4]
-            assert_binomial(int(pairs.sum()), pairs.size, p * p, f"adjacent pair at offset {offset}")
-        vertical = mask[:-1] & mask[1:]
-        assert_binomial(int(vertical.sum()), vertical.size, p * p, "vertically adjacent pair")
+        for offset in (1, 2, 3, 4, 64):
+            pairs = mask[:, :-offset] & mask[:, offset:]
+            assert_binomial(int(pairs.sum()), pairs.size, p * p, f"pairs {offset} apart in a row")
+            pairs = mask[:-offset] & mask[offset:]
+            assert_binomial(int(pairs.sum()), pairs.size, p * p, f"pairs {offset} rows apart")
+
+    def test_masks_of_neighbouring_keys_are_independent(self):
+        masks = [np.asarray(jdrop.dropout_mask(jax.random.fold_in(KEY, step), (1024, 1024), 0.5)) for step in range(3)]
+        for a, b in ((0, 1), (1, 2), (0, 2)):
+            assert_binomial(int((masks[a] & masks[b]).sum()), masks[a].size, 0.25, f"steps {a} and {b}")
 
     @parameterized.parameters("rbg", "unsafe_rbg")
     def test_other_key_implementations_keep_the_right_fraction(self, impl):
