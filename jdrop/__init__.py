@@ -1,7 +1,8 @@
 """jdrop: fast, correct inverted dropout for JAX training loops."""
 
+from jdrop._activation import ACTIVATIONS, activation_dropout
 from jdrop._dropout import KEEP_PROB_BITS, dropout, dropout_mask, effective_keep_prob
-from jdrop._mlp import ACTIVATIONS, Params, mlp_apply, mlp_init
+from jdrop._mlp import Params, mlp_apply, mlp_init
 from jdrop._train import TrainState, evaluate, init_train_state, l2_penalty, make_train_step
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ __all__ = [
     "KEEP_PROB_BITS",
     "Params",
     "TrainState",
+    "activation_dropout",
     "dropout",
     "dropout_mask",
     "effective_keep_prob",

@@ -268,6 +268,13 @@ def _check_floating(x: jax.Array, name: str = "x") -> None:
         raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}.")
 
 
+def _check_deterministic(deterministic: object) -> None:
+    if not isinstance(deterministic, bool | np.bool_):
+        raise TypeError(
+            f"deterministic must be a Python bool (mark it static in jax.jit), got {type(deterministic).__name__}."
+        )
+
+
 def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
     """``x / effective``, computed in at least float32 and rounded once to ``x.dtype``."""
     compute_dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
@@ -341,10 +348,7 @@ def dropout(
     _check_floating(x)
     axes = _check_broadcast_dims(broadcast_dims, x.ndim)
     concrete = _check_keep_prob(keep_prob)
-    if not isinstance(deterministic, bool | np.bool_):
-        raise TypeError(
-            f"deterministic must be a Python bool (mark it static in jax.jit), got {type(deterministic).__name__}."
-        )
+    _check_deterministic(deterministic)
     if deterministic or concrete == 1.0:
         return x
     typed_key = _as_key(key)

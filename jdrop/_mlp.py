@@ -8,30 +8,14 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jdrop._dropout import _as_key, _check_floating, _check_keep_prob, dropout
+from jdrop._activation import Activation, _resolve_activation, activation_dropout
+from jdrop._dropout import _as_key, _check_deterministic, _check_floating, _check_keep_prob, dropout
 
-__all__ = ["ACTIVATIONS", "Params", "mlp_apply", "mlp_init"]
+__all__ = ["Params", "mlp_apply", "mlp_init"]
 
 #: Parameters of an MLP: one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
 Params = list[dict[str, jax.Array]]
-Activation = str | Callable[[jax.Array], jax.Array]
 Initializer = Callable[..., jax.Array]
-
-#: The activations that ``activation="name"`` selects.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-}
-
-
-def _resolve_activation(activation: Activation) -> Callable[[jax.Array], jax.Array]:
-    if callable(activation):
-        return activation
-    if isinstance(activation, str) and activation in ACTIVATIONS:
-        return ACTIVATIONS[activation]
-    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}.")
 
 
 def _default_w_init(activation: Activation) -> Initializer:
@@ -117,7 +101,10 @@ def mlp_apply(
     and the logits :math:`z_{L-1}` are returned without activation or dropout.
     ``keep_probs[0]`` applies to the input features, ``keep_probs[l]`` to the
     hidden units feeding layer ``l``. ``key`` is split once into one key per
-    layer, so every layer and every example gets its own mask.
+    layer, so every layer and every example gets its own mask. For "relu",
+    "tanh" and "sigmoid" each activation and the following dropout run fused
+    (:func:`activation_dropout`): the same values, with a backward pass that
+    stores only the layer's output.
 
     Args:
       params: from :func:`mlp_init`.
@@ -147,7 +134,8 @@ def mlp_apply(
       >>> jdrop.mlp_apply(params, x, deterministic=True).shape  # evaluation
       (32, 10)
     """
-    act = _resolve_activation(activation)
+    _resolve_activation(activation)
+    _check_deterministic(deterministic)
     if not params:
         raise ValueError("params is empty: build it with mlp_init.")
     if not isinstance(x, jax.Array):
@@ -158,24 +146,20 @@ def mlp_apply(
         raise ValueError(
             f"x has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), but the first layer expects n_in={n_in}."
         )
-    active = False
-    if keep_probs is not None:
-        keep_probs = tuple(keep_probs)
-        if len(keep_probs) != len(params):
-            raise ValueError(
-                f"keep_probs has {len(keep_probs)} entries but params has {len(params)} layers: "
-                "give one keep probability per layer (keep_probs[0] applies to the input)."
-            )
-        concrete = [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep_probs)]
-        active = not deterministic and any(value != 1.0 for value in concrete)
-    if active:
-        keys = jax.random.split(_as_key(key), len(params))
-    a = x
-    last = len(params) - 1
-    for i, layer in enumerate(params):
-        if active:
-            a = dropout(keys[i], a, keep_probs[i])  # type: ignore[index]
-        a = a @ layer["w"] + layer["b"]
-        if i < last:
-            a = act(a)
-    return a
+    keep = (1.0,) * len(params) if keep_probs is None else tuple(keep_probs)
+    if len(keep) != len(params):
+        raise ValueError(
+            f"keep_probs has {len(keep)} entries but params has {len(params)} layers: "
+            "give one keep probability per layer (keep_probs[0] applies to the input)."
+        )
+    concrete = [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+    active = not deterministic and any(value != 1.0 for value in concrete)
+    keys = jax.random.split(_as_key(key), len(params)) if active else [None] * len(params)
+    # Dropout on the input features; then each hidden layer's activation and
+    # the next layer's input dropout run as one fused op (activation_dropout),
+    # whose backward pass keeps only its output.
+    a = dropout(keys[0], x, keep[0], deterministic=not active)
+    for i, layer in enumerate(params[:-1]):
+        z = a @ layer["w"] + layer["b"]
+        a = activation_dropout(keys[i + 1], z, keep[i + 1], activation=activation, deterministic=not active)
+    return a @ params[-1]["w"] + params[-1]["b"]

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdrop._activation import Activation, _resolve_activation
 from jdrop._dropout import _check_keep_prob
-from jdrop._mlp import Activation, Params, _resolve_activation, mlp_apply
+from jdrop._mlp import Params, mlp_apply
 
 __all__ = ["TrainState", "evaluate", "init_train_state", "l2_penalty", "make_train_step"]
 
