@@ -3,6 +3,7 @@
 from jdrop._activation import ACTIVATIONS, activation_dropout
 from jdrop._dropout import KEEP_PROB_BITS, dropout, dropout_mask, effective_keep_prob
 from jdrop._mlp import Params, mlp_apply, mlp_init
+from jdrop._parallel import data_parallel_mesh, replicate, shard_batch
 from jdrop._train import TrainState, evaluate, init_train_state, l2_penalty, make_train_step
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __all__ = [
     "Params",
     "TrainState",
     "activation_dropout",
+    "data_parallel_mesh",
     "dropout",
     "dropout_mask",
     "effective_keep_prob",
@@ -22,4 +24,6 @@ __all__ = [
     "make_train_step",
     "mlp_apply",
     "mlp_init",
+    "replicate",
+    "shard_batch",
 ]

@@ -1,0 +1,98 @@
+"""Checks that need 8 devices. Run by tests/test_parallel.py in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the rest of the suite keeps one device);
+prints one JSON object."""
+
+import json
+import os
+import sys
+
+COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def main() -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jdrop
+
+    assert jax.device_count() == 8, jax.devices()
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.key(1), (64, 48))
+    # Integer-valued inputs and weights with keep probabilities 1/2 make every
+    # sum in the MLP exact, so its output is bit-identical under any sharding
+    # exactly when its masks are (float matmuls may sum in another order).
+    x_int = jnp.round(x * 2)
+    params = [
+        {"w": jnp.round(layer["w"] * 4), "b": jnp.round(layer["b"])}
+        for layer in jdrop.mlp_init(jax.random.key(2), (48, 32, 32, 10))
+    ]
+    keep_probs = (0.5, 0.5, 0.5)
+    apply = jax.jit(lambda p, x, k: jdrop.mlp_apply(p, x, key=k, keep_probs=keep_probs))
+    drop = jax.jit(lambda k, x: jdrop.dropout(k, x, 0.7))
+    fused = jax.jit(lambda k, x: jdrop.activation_dropout(k, x, 0.7, activation="tanh"))
+    reference = {
+        "dropout": drop(key, x),
+        "activation_dropout": fused(key, x),
+        "mask": jdrop.dropout_mask(key, x.shape, 0.7),
+        "mlp": apply(params, x_int, key),
+    }
+    layouts = {
+        "batch": P(("a", "b"), None),
+        "features": P(None, ("a", "b")),
+        "2-D mesh 4x2": P("a", "b"),
+        "2-D mesh 2x4": P("b", "a"),
+    }
+    results: dict[str, object] = {"layouts": {}}
+    for name, spec in layouts.items():
+        sharding = NamedSharding(mesh, spec)
+        xs, xs_int = jax.device_put(x, sharding), jax.device_put(x_int, sharding)
+        mask = jax.jit(lambda k: jdrop.dropout_mask(k, x.shape, 0.7), out_shardings=sharding)(key)
+        hlo = drop.lower(key, xs).compile().as_text()
+        shard = xs.addressable_shards[0].data.shape
+        results["layouts"][name] = {
+            "dropout": bool(np.array_equal(drop(key, xs), reference["dropout"])),
+            "activation_dropout": bool(np.array_equal(fused(key, xs), reference["activation_dropout"])),
+            "mask": bool(np.array_equal(mask, reference["mask"])),
+            "mask_sharding_kept": mask.sharding.is_equivalent_to(sharding, 2),
+            "mlp": bool(np.array_equal(apply(params, xs_int, key), reference["mlp"])),
+            "collectives": [op for op in COLLECTIVES if op in hlo],
+            "shard_shape_in_hlo": f"f32[{shard[0]},{shard[1]}]" in hlo,
+            "full_shape_in_hlo": "f32[64,48]" in hlo,
+        }
+
+    # Data-parallel training: replicated parameters, batch over all 8 devices.
+    data_mesh = jdrop.data_parallel_mesh()
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    step = jdrop.make_train_step(optimizer, keep_probs=(1.0, 0.5, 0.5))
+    start = jdrop.init_train_state(jdrop.mlp_init(jax.random.key(3), (48, 64, 32, 10)), optimizer)
+    labels = jax.random.randint(jax.random.key(4), (64,), 0, 10)
+    single = start
+    for _ in range(50):
+        single, _ = step(single, x, labels, key)
+    sharded = jdrop.replicate(start, data_mesh)
+    xb, yb = jdrop.shard_batch((x, labels), data_mesh)
+    for _ in range(50):
+        sharded, _ = step(sharded, xb, yb, key)
+    results["data_parallel_max_abs_difference"] = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True)
+    )
+    results["data_parallel_params_replicated"] = all(
+        leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded.params)
+    )
+    results["data_parallel_steps"] = int(sharded.step.addressable_data(0))
+    try:
+        jdrop.shard_batch(jnp.ones((12, 3)), data_mesh)
+    except ValueError as error:
+        results["uneven_batch_error"] = str(error)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    if "--xla_force_host_platform_device_count=8" not in os.environ.get("XLA_FLAGS", ""):
+        sys.exit("run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    main()

@@ -1,0 +1,66 @@
+"""Tests for jdrop._parallel and sharding: 8 CPU devices, in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jdrop
+
+CHECKS = Path(__file__).with_name("multidevice_checks.py")
+ROOT = Path(__file__).resolve().parents[1]
+LAYOUTS = ("batch", "features", "2-D mesh 4x2", "2-D mesh 2x4")
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_results_do_not_depend_on_the_layout(results, layout):
+    checks = results["layouts"][layout]
+    for name in ("dropout", "activation_dropout", "mask", "mlp"):
+        assert checks[name], f"{name} differs from the one-device result when sharded over {layout}"
+    assert checks["mask_sharding_kept"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sharded_dropout_needs_no_communication_and_draws_only_its_shard(results, layout):
+    checks = results["layouts"][layout]
+    assert checks["collectives"] == []
+    assert checks["shard_shape_in_hlo"] and not checks["full_shape_in_hlo"]
+
+
+def test_data_parallel_training_matches_one_device(results):
+    assert results["data_parallel_steps"] == 50
+    assert results["data_parallel_params_replicated"]
+    # The gradient all-reduce sums in another order than one device does.
+    assert results["data_parallel_max_abs_difference"] <= 1e-6
+
+
+def test_uneven_batches_are_refused(results):
+    assert "size 12, which 8 devices cannot split evenly" in results["uneven_batch_error"]
+
+
+def test_helpers_on_one_device():
+    mesh = jdrop.data_parallel_mesh()
+    state = jdrop.replicate({"w": np.ones((2, 3))}, mesh)
+    x, y = jdrop.shard_batch((np.ones((4, 5)), np.arange(4)), mesh)
+    assert state["w"].sharding.is_fully_replicated
+    assert x.shape == (4, 5) and np.array_equal(y, np.arange(4))
+    with pytest.raises(ValueError, match="devices is empty"):
+        jdrop.data_parallel_mesh([])
+    with pytest.raises(ValueError, match="one axis"):
+        jdrop.shard_batch(np.ones(4), jax.make_mesh((1, 1), ("a", "b")))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        jdrop.shard_batch(np.ones((4, 5)), mesh, axis=2)
