@@ -111,7 +111,98 @@ def train(
         "steps": args.steps,
         "seconds": time.perf_counter() - start,
         "curve": curve,
+        "params": state.params,  # not written to results.json
     }
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, object]:
+    """Expected calibration error over equal-width confidence bins, and the bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
+    mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
+    ece = float(np.sum(counts / len(labels) * np.abs(accuracy - mean_confidence)))
+    return {"ece": ece, "counts": counts, "accuracy": accuracy, "confidence": mean_confidence, "edges": edges}
+
+
+def evaluate_uncertainty(
+    params: jdrop.Params, keep_probs: Sequence[float], data: dict[str, np.ndarray], num_samples: int, key: jax.Array
+) -> dict[str, dict[str, object]]:
+    """Test accuracy, NLL, ECE and entropies: weight scaling against MC dropout."""
+    x, labels = jnp.asarray(data["x_test"]), data["y_test"]
+    deterministic = np.asarray(jax.nn.softmax(jdrop.mlp_apply(params, x, deterministic=True)), np.float64)
+    mc = jdrop.mc_predict(params, x, key, keep_probs=keep_probs, num_samples=num_samples)
+    report = {}
+    for name, probs in (("weight scaling", deterministic), (f"MC dropout, {num_samples} samples", None)):
+        probs = np.asarray(mc.mean_probs, np.float64) if probs is None else probs
+        entropy = -np.sum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0.0), axis=1)
+        correct = probs.argmax(axis=1) == labels
+        report[name] = {
+            "test_acc": float(correct.mean()),
+            "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30)))),
+            **calibration(probs, labels),
+            "entropy_correct": float(entropy[correct].mean()),
+            "entropy_wrong": float(entropy[~correct].mean()),
+        }
+    mutual_information = np.asarray(mc.mutual_information)
+    mc_correct = np.asarray(mc.mean_probs).argmax(axis=1) == labels
+    report[f"MC dropout, {num_samples} samples"]["mutual_information_correct"] = float(
+        mutual_information[mc_correct].mean()
+    )
+    report[f"MC dropout, {num_samples} samples"]["mutual_information_wrong"] = float(
+        mutual_information[~mc_correct].mean()
+    )
+    return report
+
+
+def uncertainty_table(reports: Sequence[dict[str, dict[str, object]]]) -> str:
+    """Mean over seeds of each evaluation's metrics, as Markdown."""
+    lines = [
+        "| evaluation of the dropout MLP | test acc | NLL | ECE | entropy, correct | entropy, wrong |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in reports[0]:
+        cells = [
+            f"{np.mean([float(report[name][field]) for report in reports]):.3f}"  # type: ignore[arg-type]
+            for field in ("test_acc", "nll", "ece", "entropy_correct", "entropy_wrong")
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def plot_reliability(report: dict[str, dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report), figsize=(5 * len(report), 4.4), sharey=True)
+    for ax, (name, values) in zip(axes, report.items(), strict=True):
+        edges = np.asarray(values["edges"])
+        counts = np.asarray(values["counts"])
+        centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+        shown = counts > 0
+        ax.bar(
+            centres[shown],
+            np.asarray(values["accuracy"])[shown],
+            width=width * 0.9,
+            color="tab:blue",
+            edgecolor="black",
+            label="accuracy in bin",
+        )
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        ax.set_title(f"{name}\nECE {float(values['ece']):.3f}, NLL {float(values['nll']):.3f}")  # type: ignore[arg-type]
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary_table(results: Sequence[dict[str, object]]) -> str:
@@ -174,8 +265,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-prob-input", type=float, default=1.0)
     parser.add_argument("--keep-prob-hidden", type=float, default=0.5)
     parser.add_argument("--eval-every", type=int, default=200, help="steps between evaluations")
+    parser.add_argument("--mc-samples", type=int, default=64, help="MC dropout samples for the uncertainty report")
     args = parser.parse_args(argv)
-    for name in ("steps", "seeds", "batch_size", "eval_every"):
+    for name in ("steps", "seeds", "batch_size", "eval_every", "mc_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.batch_size > 4000:
@@ -197,11 +289,38 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     )
     results = [train(config, seed, data, args) for config in args.configs for seed in range(args.seeds)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "params"} for r in results], indent=1)
+    )
     plot_curves(results, args.out / "curves.png")
     print()
     print(summary_table(results))
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'curves.png'}")
+    written = [args.out / "results.json", args.out / "curves.png"]
+
+    # The dropout MLP evaluated two ways: the inverted-dropout rule (all units,
+    # no scaling) against the Monte Carlo average of dropout networks.
+    dropout_runs = [r for r in results if r["config"] == "dropout"]
+    if dropout_runs:
+        reports = [
+            evaluate_uncertainty(
+                r["params"],
+                r["keep_probs"],
+                data,
+                args.mc_samples,
+                jax.random.key(1000 + r["seed"]),  # type: ignore[arg-type]
+            )
+            for r in dropout_runs
+        ]
+        print()
+        print(uncertainty_table(reports))
+        plot_reliability(reports[0], args.out / "reliability.png")
+        serialisable = [
+            {name: {k: np.asarray(v).tolist() for k, v in values.items()} for name, values in report.items()}
+            for report in reports
+        ]
+        (args.out / "uncertainty.json").write_text(json.dumps(serialisable, indent=1))
+        written += [args.out / "uncertainty.json", args.out / "reliability.png"]
+    print(f"\nwrote {', '.join(map(str, written))}")
     return results
 
 

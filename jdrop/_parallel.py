@@ -68,8 +68,9 @@ def replicate(tree: Tree, mesh: Mesh) -> Tree:
       >>> params[0]["w"].sharding.is_fully_replicated
       True
     """
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
+    sharding = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
+    placed: Tree = jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
+    return placed
 
 
 def shard_batch(tree: Tree, mesh: Mesh, *, axis: int = 0) -> Tree:
@@ -111,6 +112,7 @@ def shard_batch(tree: Tree, mesh: Mesh, *, axis: int = 0) -> Tree:
             )
         spec = [None] * len(shape)
         spec[axis] = axis_name
-        return _global_array(leaf, NamedSharding(mesh, PartitionSpec(*spec)))
+        return _global_array(leaf, NamedSharding(mesh, PartitionSpec(*spec)))  # type: ignore[no-untyped-call]
 
-    return jax.tree.map(place, tree)
+    placed: Tree = jax.tree.map(place, tree)
+    return placed

@@ -91,7 +91,7 @@ def _loss(
     y: jax.Array,
     key: jax.Array | None,
     *,
-    keep_probs: Sequence[float] | None,
+    keep_probs: Sequence[float | jax.Array] | None,
     activation: Activation,
     l2: float,
     deterministic: bool,
@@ -107,12 +107,26 @@ def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 TrainStep = Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+#: A keep probability, or an optax-style schedule ``step -> keep probability``.
+KeepProb = float | Callable[[jax.Array], jax.Array | float]
+
+
+def _check_keep_probs(keep_probs: Sequence[KeepProb]) -> tuple[KeepProb, ...]:
+    """Checks numbers now, and schedules at step 0 (later steps run traced)."""
+    checked = tuple(keep_probs)
+    for i, keep_prob in enumerate(checked):
+        if callable(keep_prob):
+            first = keep_prob(jnp.zeros((), jnp.int32))
+            _check_keep_prob(first, f"keep_probs[{i}] (a schedule) at step 0")
+        else:
+            _check_keep_prob(keep_prob, f"keep_probs[{i}]")
+    return checked
 
 
 def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
-    keep_probs: Sequence[float] | None = None,
+    keep_probs: Sequence[KeepProb] | None = None,
     activation: Activation = "relu",
     l2: float = 0.0,
 ) -> TrainStep:
@@ -130,10 +144,17 @@ def make_train_step(
     same base ``key`` can be passed every step and no mask repeats. The
     backward pass uses the forward pass's masks.
 
+    A keep probability may be a schedule, a function of the step count such
+    as ``optax.linear_schedule(1.0, 0.5, 1000)``: it is evaluated inside the
+    jitted step from ``state.step``, so its value changes every step without
+    recompiling. It is checked at step 0; a later value outside [0, 1] cannot
+    raise inside ``jit`` and turns the step's outputs into NaN instead.
+
     Args:
       optimizer: any optax gradient transformation.
-      keep_probs: one keep probability per layer (see :func:`jdrop.mlp_apply`);
-        None trains without dropout.
+      keep_probs: one keep probability per layer (see :func:`jdrop.mlp_apply`),
+        each a number or a schedule ``step -> keep_prob``; None trains
+        without dropout.
       activation: "relu", "tanh", "sigmoid", "gelu", or a callable.
       l2: the L2 coefficient :math:`\lambda \ge 0`; 0 disables it.
 
@@ -141,7 +162,8 @@ def make_train_step(
       ``step(state, x, y, key) -> (state, metrics)``, jitted, where ``x`` is
       ``(batch, n_in)``, ``y`` ``(batch,)`` integer labels, and ``metrics`` has
       "loss" (the objective :math:`J`), "cross_entropy" and "accuracy" of the
-      batch, with dropout.
+      batch, with dropout, and with ``keep_probs`` given, "keep_probs": the
+      ``(layers,)`` keep probabilities the step used.
 
     Raises:
       ValueError: if ``l2`` is negative or a keep probability is outside (0, 1].
@@ -154,24 +176,30 @@ def make_train_step(
       >>> x, y = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)
       >>> state, metrics = step(state, x, y, jax.random.key(1))
       >>> int(state.step), sorted(metrics)
-      (1, ['accuracy', 'cross_entropy', 'loss'])
+      (1, ['accuracy', 'cross_entropy', 'keep_probs', 'loss'])
+      >>> schedule = optax.linear_schedule(1.0, 0.5, transition_steps=1000)
+      >>> step = jdrop.make_train_step(optimizer, keep_probs=(1.0, schedule))
+      >>> state, metrics = step(state, x, y, jax.random.key(1))
+      >>> [round(p, 4) for p in metrics["keep_probs"].tolist()]  # at step 1
+      [1.0, 0.9995]
     """
     l2 = _check_l2(l2)
-    if keep_probs is not None:
-        keep_probs = tuple(keep_probs)
-        for i, keep_prob in enumerate(keep_probs):
-            _check_keep_prob(keep_prob, f"keep_probs[{i}]")
+    schedules = None if keep_probs is None else _check_keep_probs(keep_probs)
     _resolve_activation(activation)
-    loss_fn = functools.partial(_loss, keep_probs=keep_probs, activation=activation, l2=l2, deterministic=False)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @jax.jit
     def step(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        keep = None
+        if schedules is not None:
+            keep = tuple(p(state.step) if callable(p) else p for p in schedules)
+        loss_fn = functools.partial(_loss, keep_probs=keep, activation=activation, l2=l2, deterministic=False)
         step_key = jax.random.fold_in(key, state.step)
-        (loss, (cross_entropy, logits)), grads = grad_fn(state.params, x, y, step_key)
+        (loss, (cross_entropy, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y, step_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "cross_entropy": cross_entropy, "accuracy": _accuracy(logits, y)}
+        if keep is not None:
+            metrics["keep_probs"] = jnp.stack([jnp.asarray(p, jnp.float32) for p in keep])
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return step

@@ -7,15 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist1d.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("mnist1d_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("mnist1d")
 
 
 @pytest.mark.standard_promotion  # the example trains with optax.adam
@@ -28,8 +32,14 @@ def test_short_run_writes_results_and_curves(example, tmp_path):
         assert 0.0 <= row["test_acc"] <= 1.0
         assert row["curve"]["step"] == [30, 60]
     assert saved[2]["keep_probs"] == [1.0, 0.5, 0.5] and saved[3]["l2"] > 0
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for picture in ("curves.png", "reliability.png"):
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dropout |" in example.summary_table(results)
+    (report,) = json.loads((tmp_path / "uncertainty.json").read_text())
+    assert set(report) == {"weight scaling", "MC dropout, 64 samples"}
+    for values in report.values():
+        assert 0.0 <= values["ece"] <= 1.0 and values["nll"] > 0
+        assert sum(values["counts"]) == 1000
 
 
 def test_data_is_mnist1d_with_its_default_split(example):
@@ -49,3 +59,27 @@ def test_bad_flags_are_rejected(example):
     for argv in (["--steps", "0"], ["--keep-prob-hidden", "0"], ["--keep-prob-input", "1.5"], ["--l2", "-1"]):
         with pytest.raises(SystemExit):
             example.parse_args(argv)
+
+
+def test_calibration_error_by_hand(example):
+    labels = np.array([0, 1, 1, 0])
+    # Confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right): two bins.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.6, 0.4]])
+    result = example.calibration(probs, labels, bins=10)
+    # Bin of 0.9: accuracy 1/2, confidence 0.9; bin of 0.6: accuracy 1, confidence 0.6.
+    assert abs(result["ece"] - (0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6))) < 1e-12
+    confident = example.calibration(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    assert confident["ece"] == 0.0
+
+
+@pytest.mark.standard_promotion  # trains with optax.adam
+def test_keep_prob_sweep_runs(tmp_path):
+    sweep = load("keep_prob_sweep")
+    rows = sweep.main(["--keep-probs", "0.5", "1.0", "--steps", "40", "--mc-samples", "4", "--out", str(tmp_path)])
+    assert [row["keep_prob"] for row in rows] == [0.5, 1.0]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == rows
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # Without dropout the MC average is the deterministic network.
+    assert rows[1]["mc_test_acc"] == pytest.approx(rows[1]["test_acc"], abs=1e-6)  # 1 in 1000 is 1e-3
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--keep-probs", "0"])

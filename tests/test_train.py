@@ -138,3 +138,54 @@ def test_errors():
     state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
     with pytest.raises(ValueError, match="keep_probs has 2 entries"):
         jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, KEY)
+
+
+def test_keep_prob_schedules_change_every_step_without_retracing():
+    x, y = blobs(n=60)
+    optimizer = optax.sgd(0.1)
+    schedule = optax.linear_schedule(0.9, 0.3, transition_steps=6)
+    step = jdrop.make_train_step(optimizer, keep_probs=(1.0, schedule, 0.5))
+    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+
+    def loss(params, count, keep_prob):
+        logits = jdrop.mlp_apply(params, x, key=jax.random.fold_in(KEY, count), keep_probs=(1.0, keep_prob, 0.5))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    used = []
+    for count in range(8):
+        expected_keep = float(schedule(count))
+        expected_loss = loss(state.params, count, expected_keep)
+        state, metrics = step(state, x, y, KEY)
+        used.append(float(metrics["keep_probs"][1]))
+        chex.assert_trees_all_close(metrics["keep_probs"], jnp.array([1.0, expected_keep, 0.5]), atol=1e-7)
+        # The step dropped units with the scheduled probability of that very step.
+        chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
+    assert used[0] > used[3] > used[6] == used[7]
+    assert step._cache_size() == 1  # one trace for all eight steps
+
+
+def test_realised_keep_fraction_follows_the_schedule():
+    # One layer of unit weights on constant input: its logit is the number of
+    # kept inputs over the keep probability, so the step's forward pass tells
+    # how many units it kept.
+    n = 4096
+    params = [{"w": jnp.ones((n, 2)), "b": jnp.zeros(2)}]
+    schedule = optax.linear_schedule(0.9, 0.2, transition_steps=3)
+    x = jnp.ones((1, n))
+    fractions = []
+    for count in range(4):
+        keep_prob = float(schedule(count))
+        effective = float(jdrop.effective_keep_prob(keep_prob))
+        # What the training step runs at step `count` (see the test above).
+        logits = jdrop.mlp_apply(params, x, key=jax.random.fold_in(KEY, count), keep_probs=(schedule(count),))
+        kept = round(float(logits[0, 0]) * effective)
+        layer_key = jax.random.split(jax.random.fold_in(KEY, count), 1)[0]
+        assert kept == int(jnp.sum(jdrop.dropout_mask(layer_key, (1, n), keep_prob)))
+        assert abs(kept - n * effective) <= 5 * np.sqrt(n * effective * (1 - effective)), (count, kept)
+        fractions.append(kept / n)
+    assert fractions[0] > fractions[1] > fractions[2] > fractions[3]
+
+
+def test_schedules_are_checked_at_step_zero():
+    with pytest.raises(ValueError, match=r"keep_probs\[1\] \(a schedule\) at step 0 must be in \(0, 1\]"):
+        jdrop.make_train_step(optax.sgd(0.1), keep_probs=(1.0, optax.constant_schedule(0.0)))

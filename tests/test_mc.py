@@ -1,0 +1,107 @@
+"""Tests for jdrop._mc: Monte Carlo dropout predictions and uncertainty."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdrop
+
+KEY = jax.random.key(0)
+SIZES = (6, 32, 32, 4)
+KEEP_PROBS = (1.0, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = jdrop.mlp_init(jax.random.key(1), SIZES)
+    x = jax.random.normal(jax.random.key(2), (9, SIZES[0]))
+    return params, x
+
+
+def by_hand(params, x, key, num_samples):
+    """The definitions, sample by sample, in float64 numpy."""
+    keys = jax.random.split(key, num_samples)
+    probs = np.stack(
+        [np.asarray(jax.nn.softmax(jdrop.mlp_apply(params, x, key=k, keep_probs=KEEP_PROBS)), np.float64) for k in keys]
+    )
+
+    def entropy(p):
+        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=-1)
+
+    mean = probs.mean(0)
+    return mean, entropy(mean), entropy(probs).mean(0), probs.std(0)
+
+
+def test_shapes_probabilities_and_the_definitions(setup):
+    params, x = setup
+    mc = jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=20)
+    chex.assert_shape([mc.mean_probs, mc.std], (9, 4))
+    chex.assert_shape([mc.predictive_entropy, mc.expected_entropy, mc.mutual_information], (9,))
+    chex.assert_type(list(mc), jnp.float32)
+    assert bool(jnp.all(mc.mean_probs >= 0))
+    chex.assert_trees_all_close(mc.mean_probs.sum(-1), jnp.ones(9), atol=1e-6)
+    mean, predictive, expected, std = by_hand(params, x, KEY, 20)
+    chex.assert_trees_all_close(mc.mean_probs, mean, atol=1e-6)
+    chex.assert_trees_all_close(mc.predictive_entropy, predictive, atol=1e-5)
+    chex.assert_trees_all_close(mc.expected_entropy, expected, atol=1e-5)
+    chex.assert_trees_all_close(mc.mutual_information, predictive - expected, atol=1e-5)
+    chex.assert_trees_all_close(mc.std, std, atol=1e-6)
+    assert bool(jnp.all(mc.mutual_information > 0))  # dropout networks disagree
+
+
+def test_without_dropout_the_mean_is_the_deterministic_prediction_and_nothing_varies(setup):
+    params, x = setup
+    mc = jdrop.mc_predict(params, x, None, keep_probs=(1.0, 1.0, 1.0), num_samples=7, chunk_size=3)
+    expected = jax.nn.softmax(jdrop.mlp_apply(params, x, deterministic=True))
+    chex.assert_trees_all_close(mc.mean_probs, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(mc.std, 0.0)
+    np.testing.assert_array_equal(mc.mutual_information, 0.0)
+    np.testing.assert_array_equal(mc.predictive_entropy, mc.expected_entropy)
+
+
+def test_same_key_same_result_other_key_other_result(setup):
+    params, x = setup
+    a, b, c = (
+        jdrop.mc_predict(params, x, k, keep_probs=KEEP_PROBS, num_samples=8) for k in (KEY, KEY, jax.random.key(5))
+    )
+    chex.assert_trees_all_equal(a, b)
+    assert not np.array_equal(a.mean_probs, c.mean_probs)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 10])
+def test_chunked_and_unchunked_runs_agree(setup, chunk_size):
+    params, x = setup
+    whole = jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=10, chunk_size=10)
+    chunked = jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=10, chunk_size=chunk_size)
+    chex.assert_trees_all_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_works_under_jit_and_vmap(setup):
+    params, x = setup
+    jitted = jax.jit(lambda p, x, k: jdrop.mc_predict(p, x, k, keep_probs=KEEP_PROBS, num_samples=4))
+    chex.assert_trees_all_close(
+        jitted(params, x, KEY), jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=4), atol=1e-6
+    )
+    keys = jax.random.split(KEY, 3)
+    batched = jax.vmap(lambda k: jdrop.mc_predict(params, x, k, keep_probs=KEEP_PROBS, num_samples=4).mean_probs)(keys)
+    chex.assert_shape(batched, (3, 9, 4))
+    chex.assert_trees_all_close(
+        batched[2], jdrop.mc_predict(params, x, keys[2], keep_probs=KEEP_PROBS, num_samples=4).mean_probs, atol=1e-6
+    )
+
+
+def test_errors(setup):
+    params, x = setup
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+            jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=bad)
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+        jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=4, chunk_size=0)
+    with pytest.raises(ValueError, match=r"pass key=.*deterministic=True"):
+        jdrop.mc_predict(params, x, None, keep_probs=KEEP_PROBS, num_samples=4)
+    with pytest.raises(ValueError, match=r"keep_probs\[1\] must be in \(0, 1\]"):
+        jdrop.mc_predict(params, x, KEY, keep_probs=(1.0, 0.0, 0.5), num_samples=4)
+    with pytest.raises(ValueError, match="keep_probs has 2 entries"):
+        jdrop.mc_predict(params, x, KEY, keep_probs=(1.0, 0.5), num_samples=4)
