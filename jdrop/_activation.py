@@ -14,9 +14,8 @@ from jdrop._dropout import (
     _check_deterministic,
     _check_floating,
     _check_keep_prob,
+    _draw_mask,
     _scale_kept,
-    _threshold_and_effective,
-    _uniform16,
     dropout,
 )
 
@@ -137,7 +136,5 @@ def activation_dropout(
         return act(x)
     if not (isinstance(activation, str) and activation in _FUSED):
         return dropout(key, act(x), keep_prob)
-    typed_key = _as_key(key)
-    threshold, effective = _threshold_and_effective(keep_prob)
-    mask = _uniform16(typed_key, x.shape) < threshold
+    mask, effective = _draw_mask(_as_key(key), x.shape, keep_prob)
     return _fused(activation, x, mask, effective)
