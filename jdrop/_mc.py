@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jdrop._activation import Activation, _resolve_activation
-from jdrop._dropout import _as_key, _check_keep_prob
-from jdrop._mlp import Params, mlp_apply
+from jdrop._dropout import _as_key
+from jdrop._mlp import Params, _check_layer_keep_probs, mlp_apply
 
 __all__ = ["MCPrediction", "mc_predict"]
 
@@ -155,17 +155,13 @@ def mc_predict(
     _check_count(num_samples, "num_samples")
     if chunk_size is not None:
         _check_count(chunk_size, "chunk_size")
-    keep = tuple(keep_probs)
-    concrete = [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+    _, concrete = _check_layer_keep_probs(keep_probs, len(params))
     if any(value is None for value in concrete):
         raise TypeError("keep_probs must be Python floats here (they are static arguments of the jitted function).")
-    if len(keep) != len(params):
-        raise ValueError(f"keep_probs has {len(keep)} entries but params has {len(params)} layers.")
     _resolve_activation(activation)
     active = any(value != 1.0 for value in concrete)
     typed_key = _as_key(key) if active else jax.random.key(0)  # unused when nothing is dropped
     chunk = min(int(num_samples), 16) if chunk_size is None else min(int(chunk_size), int(num_samples))
-    prediction: MCPrediction = _mc_predict(
-        params, x, typed_key, tuple(float(p) for p in keep), int(num_samples), activation, chunk
-    )
+    static_keep = tuple(float(p) for p in concrete)  # type: ignore[arg-type]  # None excluded above
+    prediction: MCPrediction = _mc_predict(params, x, typed_key, static_keep, int(num_samples), activation, chunk)
     return prediction

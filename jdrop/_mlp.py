@@ -18,6 +18,19 @@ Params = list[dict[str, jax.Array]]
 Initializer = Callable[..., jax.Array]
 
 
+def _check_layer_keep_probs(
+    keep_probs: Sequence[float | jax.Array] | None, num_layers: int
+) -> tuple[tuple[float | jax.Array, ...], list[float | None]]:
+    """One keep probability per layer (all 1.0 for None), and their concrete values (None where traced)."""
+    keep = (1.0,) * num_layers if keep_probs is None else tuple(keep_probs)
+    if len(keep) != num_layers:
+        raise ValueError(
+            f"keep_probs has {len(keep)} entries but params has {num_layers} layers: "
+            "give one keep probability per layer (keep_probs[0] applies to the input)."
+        )
+    return keep, [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+
+
 def _default_w_init(activation: Activation) -> Initializer:
     # He initialisation keeps the activation variance constant through relu-like
     # units (half of them are zero); Glorot suits saturating ones.
@@ -146,13 +159,7 @@ def mlp_apply(
         raise ValueError(
             f"x has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), but the first layer expects n_in={n_in}."
         )
-    keep = (1.0,) * len(params) if keep_probs is None else tuple(keep_probs)
-    if len(keep) != len(params):
-        raise ValueError(
-            f"keep_probs has {len(keep)} entries but params has {len(params)} layers: "
-            "give one keep probability per layer (keep_probs[0] applies to the input)."
-        )
-    concrete = [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+    keep, concrete = _check_layer_keep_probs(keep_probs, len(params))
     active = not deterministic and any(value != 1.0 for value in concrete)
     keys = jax.random.split(_as_key(key), len(params)) if active else [None] * len(params)
     # Dropout on the input features; then each hidden layer's activation and
