@@ -9,6 +9,19 @@ from jdrop._train import TrainState, evaluate, init_train_state, l2_penalty, mak
 
 __version__ = "0.1.0"
 
+# The drop-in modules for Flax and Equinox import their host library, so they
+# load only when used: `import jdrop` stays free of flax and equinox, and
+# `jdrop.nnx` works after `import jdrop` as after `import jdrop.nnx`.
+_INTEGRATIONS = ("equinox", "linen", "nnx")
+
+
+def __getattr__(name: str) -> object:
+    if name in _INTEGRATIONS:
+        import importlib
+
+        return importlib.import_module(f"jdrop.{name}")
+    raise AttributeError(f"module 'jdrop' has no attribute {name!r}")
+
 __all__ = [
     "ACTIVATIONS",
     "KEEP_PROB_BITS",

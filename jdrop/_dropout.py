@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -358,3 +358,54 @@ def dropout(
     mask_shape = tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
     mask, effective = _draw_mask(typed_key, mask_shape, keep_prob)
     return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))
+
+
+def _check_rate(rate: float | jax.Array, name: str) -> float | None:
+    """Validates a drop rate (the host libraries' convention); returns it as a float, or None when traced."""
+    if isinstance(rate, jax.core.Tracer):
+        return _check_keep_prob(rate, name)  # shape and dtype checks only
+    if isinstance(rate, bool):
+        raise TypeError(f"{name} must be a float in [0, 1] (the probability of dropping a unit), got the bool {rate}.")
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a float in [0, 1] (the probability of dropping a unit), got {type(rate).__name__}."
+        ) from None
+    if np.ndim(rate) != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(rate)}.")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value}.")
+    return value
+
+
+def _dropout_at_rate(
+    key_fn: Callable[[], KeyLike | None],
+    x: jax.Array,
+    rate: float | jax.Array,
+    *,
+    rate_name: str,
+    deterministic: bool,
+    broadcast_dims: Sequence[int],
+) -> jax.Array:
+    """Dropout with a drop ``rate``, as the Flax and Equinox drop-in modules need it.
+
+    The host libraries' edge cases: rate 0 (or evaluation) returns ``x`` and
+    rate 1 returns zeros, without asking for a key. Otherwise the result is
+    exactly ``dropout(key_fn(), x, 1 - rate, broadcast_dims=...)``; ``key_fn``
+    is called only then, so that a host's RNG stream advances only when a mask
+    is drawn, as with the host's own Dropout.
+    """
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    _check_floating(x, "inputs")
+    _check_broadcast_dims(broadcast_dims, x.ndim)
+    value = _check_rate(rate, rate_name)
+    _check_deterministic(deterministic)
+    if deterministic or value == 0.0:
+        return x
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    # A traced rate (an Equinox field that is an array) gets no gradient, as in the hosts.
+    keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
+    return dropout(key_fn(), x, keep_prob, broadcast_dims=broadcast_dims)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jdrop._activation import Activation, _resolve_activation
 from jdrop._dropout import _as_key
-from jdrop._mlp import Params, _check_layer_keep_probs, mlp_apply
+from jdrop._mlp import Params, _check_layer_keep_probs, _check_mlp_params, mlp_apply
 
 __all__ = ["MCPrediction", "mc_predict"]
 
@@ -45,18 +45,31 @@ def _entropy(probs: jax.Array) -> jax.Array:
     return -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("keep_probs", "num_samples", "activation", "chunk_size"))
+#: ``apply_fn(params, x, key) -> logits``: one stochastic forward pass.
+ApplyFn = Callable[[Any, Any, jax.Array], jax.Array]
+
+
+@functools.lru_cache(maxsize=64)
+def _mlp_sampler(keep_probs: tuple[float, ...], activation: Activation) -> ApplyFn:
+    """The MLP as an ``apply_fn``; cached, so that equal settings hit the jit cache."""
+
+    def apply_fn(params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
+        return mlp_apply(params, x, key=key, keep_probs=keep_probs, activation=activation)
+
+    return apply_fn
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "chunk_size"))
 def _mc_predict(
-    params: Params,
-    x: jax.Array,
+    params: Any,
+    x: Any,
     key: jax.Array,
-    keep_probs: tuple[float, ...],
+    apply_fn: ApplyFn,
     num_samples: int,
-    activation: Activation,
     chunk_size: int,
 ) -> MCPrediction:
     def probs_of(sample_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = mlp_apply(params, x, key=sample_key, keep_probs=keep_probs, activation=activation)
+        logits = apply_fn(params, x, sample_key)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         # The same formula as for the mean, so that identical samples give
         # exactly zero mutual information.
@@ -64,10 +77,17 @@ def _mc_predict(
 
     keys = jax.random.split(key, num_samples)
     # Sums are of differences from sample 0 (the shifted-data algorithm): no
-    # cancellation in the variance, and exactly zero spread when all samples agree.
-    reference_probs, reference_entropy = probs_of(keys[0])
+    # cancellation in the variance, and exactly zero spread when all samples
+    # agree. Sample 0 is recomputed as the reference: a deliberate reuse of its
+    # key, declared with clone for JAX's key-reuse checker. The last chunk is
+    # padded with weight-0 samples on keys split from another clone of it.
+    reference_probs, reference_entropy = probs_of(jax.random.clone(keys)[0])  # type: ignore[no-untyped-call]
     num_chunks = -(-num_samples // chunk_size)
-    padded = jnp.concatenate([keys, jnp.tile(keys[:1], num_chunks * chunk_size - num_samples)])
+    padding = jax.random.split(
+        jax.random.clone(keys)[0],  # type: ignore[no-untyped-call]
+        num_chunks * chunk_size - num_samples,
+    )
+    padded = jnp.concatenate([keys, padding])
     weights = (jnp.arange(num_chunks * chunk_size) < num_samples).astype(jnp.float32)
 
     def add_chunk(
@@ -107,32 +127,42 @@ def _check_count(value: object, name: str) -> None:
 
 
 def mc_predict(
-    params: Params,
-    x: jax.Array,
+    params: Any,
+    x: Any,
     key: jax.Array | None,
     *,
-    keep_probs: Sequence[float],
     num_samples: int,
+    apply_fn: ApplyFn | None = None,
+    keep_probs: Sequence[float] | None = None,
     activation: Activation = "relu",
     chunk_size: int | None = None,
 ) -> MCPrediction:
     r"""Monte Carlo dropout (Gal and Ghahramani, 2016): averages ``num_samples`` dropout networks.
 
-    Runs :func:`jdrop.mlp_apply` with dropout on ``num_samples`` independent
-    keys (``jax.random.split(key, num_samples)``), ``chunk_size`` samples at a
-    time under ``vmap``, so memory grows with ``chunk_size``, not with
+    Sample :math:`i` is one stochastic forward pass with the key
+    ``jax.random.split(key, num_samples)[i]``: ``apply_fn(params, x, key_i)``
+    for a model of your own (for example a Flax or Equinox model with jdrop's
+    drop-in Dropout, left in training mode), or, without ``apply_fn``,
+    :func:`jdrop.mlp_apply` with ``keep_probs``. Samples run ``chunk_size`` at
+    a time under ``vmap``, so memory grows with ``chunk_size``, not with
     ``num_samples``. The mean of the softmax outputs approximates the
     predictive distribution of a Bayesian network; see :class:`MCPrediction`
     for the uncertainty measures. Jitted; the same key gives the same result,
     and the result does not depend on ``chunk_size`` beyond float rounding.
 
     Args:
-      params: from :func:`jdrop.mlp_init`.
-      x: ``(..., n_in)`` inputs.
-      key: PRNG key; needed unless every keep probability is 1.0.
-      keep_probs: one keep probability per layer, usually those of training.
+      params: from :func:`jdrop.mlp_init`, or whatever ``apply_fn`` takes.
+      x: ``(..., n_in)`` inputs for the MLP; whatever ``apply_fn`` takes.
+      key: PRNG key; needed unless the MLP's keep probabilities are all 1.0.
       num_samples: number of stochastic forward passes, >= 1.
-      activation: as in training.
+      apply_fn: ``apply_fn(params, x, key) -> (..., classes)`` logits, one
+        stochastic forward pass that draws its dropout masks from ``key``. It
+        is a static argument of the jitted function: define it once, not per
+        call, or every call compiles anew.
+      keep_probs: the MLP's keep probabilities, one per layer, usually those of
+        training; needed without ``apply_fn``, not allowed with it (the model
+        has its own rates).
+      activation: the MLP's activation, as in training.
       chunk_size: samples evaluated at once, >= 1; default ``min(num_samples, 16)``.
 
     Returns:
@@ -140,8 +170,10 @@ def mc_predict(
 
     Raises:
       ValueError: if ``num_samples`` or ``chunk_size`` is below 1, the key is
-        missing while dropout is active, or ``keep_probs`` is invalid (as in
-        :func:`jdrop.mlp_apply`).
+        missing while dropout is active, ``keep_probs`` is missing without
+        ``apply_fn``, given with it, or invalid (as in :func:`jdrop.mlp_apply`).
+      TypeError: if, without ``apply_fn``, ``params`` did not come from
+        :func:`jdrop.mlp_init`.
 
     Example:
       >>> params = jdrop.mlp_init(jax.random.key(0), (8, 32, 3))
@@ -151,17 +183,40 @@ def mc_predict(
       ((5, 3), (5,))
       >>> bool(jnp.allclose(mc.mean_probs.sum(-1), 1.0))
       True
+
+      Any stochastic model, here a linear layer with dropout on its input:
+
+      >>> def apply_fn(params, x, key):
+      ...     return jdrop.dropout(key, x, 0.5) @ params["w"]
+      >>> mc = jdrop.mc_predict({"w": jnp.eye(8, 3)}, x, jax.random.key(2), num_samples=16, apply_fn=apply_fn)
+      >>> mc.mean_probs.shape
+      (5, 3)
     """
     _check_count(num_samples, "num_samples")
     if chunk_size is not None:
         _check_count(chunk_size, "chunk_size")
-    _, concrete = _check_layer_keep_probs(keep_probs, len(params))
-    if any(value is None for value in concrete):
-        raise TypeError("keep_probs must be Python floats here (they are static arguments of the jitted function).")
     _resolve_activation(activation)
-    active = any(value != 1.0 for value in concrete)
-    typed_key = _as_key(key) if active else jax.random.key(0)  # unused when nothing is dropped
+    if apply_fn is not None:
+        if not callable(apply_fn):
+            raise TypeError(f"apply_fn must be callable as apply_fn(params, x, key) -> logits, got {apply_fn!r}.")
+        if keep_probs is not None:
+            raise ValueError("keep_probs is for jdrop's MLP; with apply_fn the model's own dropout rates apply.")
+        if activation != "relu":
+            raise ValueError("activation is the MLP's; with apply_fn the model applies its own activations.")
+        typed_key = _as_key(key)
+    else:
+        _check_mlp_params(params, "jdrop.mc_predict without apply_fn")
+        if keep_probs is None:
+            raise ValueError(
+                "keep_probs is needed for jdrop's MLP (one keep probability per layer, usually those of training); "
+                "for a model of your own pass apply_fn."
+            )
+        _, concrete = _check_layer_keep_probs(keep_probs, len(params))
+        if any(value is None for value in concrete):
+            raise TypeError("keep_probs must be Python floats here (they are static arguments of the jitted function).")
+        active = any(value != 1.0 for value in concrete)
+        typed_key = _as_key(key) if active else jax.random.key(0)  # unused when nothing is dropped
+        apply_fn = _mlp_sampler(tuple(float(p) for p in concrete), activation)  # type: ignore[arg-type]
     chunk = min(int(num_samples), 16) if chunk_size is None else min(int(chunk_size), int(num_samples))
-    static_keep = tuple(float(p) for p in concrete)  # type: ignore[arg-type]  # None excluded above
-    prediction: MCPrediction = _mc_predict(params, x, typed_key, static_keep, int(num_samples), activation, chunk)
+    prediction: MCPrediction = _mc_predict(params, x, typed_key, apply_fn, int(num_samples), chunk)
     return prediction

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,39 @@ def _check_layer_keep_probs(
             "give one keep probability per layer (keep_probs[0] applies to the input)."
         )
     return keep, [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+
+
+def _check_mlp_params(params: object, caller: str) -> None:
+    """Raises a clear error if ``params`` is not an MLP made by :func:`mlp_init`.
+
+    A Flax or Equinox model's parameters passed by mistake are told where to go
+    instead of failing later with a bare ``KeyError``.
+    """
+
+    def fail(problem: str) -> NoReturn:
+        raise TypeError(
+            f"{caller} runs jdrop's own MLP and needs params from jdrop.mlp_init (a list of "
+            f"{{'w': (n_in, n_out), 'b': (n_out,)}} dicts), but {problem}. For a model of your own "
+            "(Flax, Equinox, plain JAX), pass loss_fn= to make_train_step and apply_fn= to mc_predict and evaluate."
+        )
+
+    if not isinstance(params, list | tuple):
+        fail(f"params is a {type(params).__name__}")
+    if not params:
+        raise ValueError(f"params is empty: build it with jdrop.mlp_init for {caller}.")
+    n_out = None
+    for i, layer in enumerate(params):
+        if not isinstance(layer, Mapping) or set(layer) != {"w", "b"}:
+            found = (
+                f"a dict with keys {sorted(map(str, layer))}" if isinstance(layer, Mapping) else type(layer).__name__
+            )
+            fail(f"params[{i}] is {found}")
+        w_shape, b_shape = tuple(getattr(layer["w"], "shape", ())), tuple(getattr(layer["b"], "shape", ()))
+        if len(w_shape) != 2 or b_shape != w_shape[1:]:
+            fail(f"params[{i}] has w of shape {w_shape} and b of shape {b_shape}")
+        if n_out is not None and w_shape[0] != n_out:
+            fail(f"params[{i}]['w'] has {w_shape[0]} inputs but the layer before has {n_out} outputs")
+        n_out = w_shape[1]
 
 
 def _default_w_init(activation: Activation) -> Initializer:
@@ -149,8 +183,7 @@ def mlp_apply(
     """
     _resolve_activation(activation)
     _check_deterministic(deterministic)
-    if not params:
-        raise ValueError("params is empty: build it with mlp_init.")
+    _check_mlp_params(params, "jdrop.mlp_apply")
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
     _check_floating(x)
