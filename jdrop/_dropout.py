@@ -364,16 +364,15 @@ def _check_rate(rate: float | jax.Array, name: str) -> float | None:
     """Validates a drop rate (the host libraries' convention); returns it as a float, or None when traced."""
     if isinstance(rate, jax.core.Tracer):
         return _check_keep_prob(rate, name)  # shape and dtype checks only
-    if isinstance(rate, bool):
-        raise TypeError(f"{name} must be a float in [0, 1] (the probability of dropping a unit), got the bool {rate}.")
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be a float in [0, 1] (the probability of dropping a unit), got {type(rate).__name__}."
-        ) from None
+    dtype = getattr(rate, "dtype", None)
+    real = isinstance(rate, numbers.Real) or (
+        dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    )
+    if isinstance(rate, bool) or dtype == np.bool_ or not real:
+        raise TypeError(f"{name} must be a float in [0, 1] (the probability of dropping a unit), got {rate!r}.")
     if np.ndim(rate) != 0:
         raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(rate)}.")
+    value = float(rate)
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value}.")
     return value

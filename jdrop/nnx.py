@@ -100,8 +100,8 @@ class Dropout(nnx.Dropout):
             deterministic,
             self.deterministic,
             error_msg=(
-                "No `deterministic` argument was given to jdrop.nnx.Dropout: pass it to the constructor or the call, "
-                "or use model.train()/model.eval() or nnx.view(model, deterministic=...)."
+                "No `deterministic` argument was provided to Dropout (jdrop.nnx.Dropout): pass it to the constructor "
+                "or the call, or use model.train()/model.eval() or nnx.view(model, deterministic=...)."
             ),
         )
 
@@ -110,8 +110,8 @@ class Dropout(nnx.Dropout):
                 rngs,
                 self.rngs,
                 error_msg=(
-                    "`deterministic` is False, but jdrop.nnx.Dropout has no key: pass rngs=nnx.Rngs(...) "
-                    "to the constructor, or rngs (a key, RngStream or Rngs) to the call."
+                    "`deterministic` is False, but no `rngs` argument was provided to Dropout (jdrop.nnx.Dropout): "
+                    "pass rngs=nnx.Rngs(...) to the constructor, or rngs (a key, RngStream or Rngs) to the call."
                 ),
             )
             if isinstance(source, rnglib.Rngs):

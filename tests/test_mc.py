@@ -105,3 +105,52 @@ def test_errors(setup):
         jdrop.mc_predict(params, x, KEY, keep_probs=(1.0, 0.0, 0.5), num_samples=4)
     with pytest.raises(ValueError, match="keep_probs has 2 entries"):
         jdrop.mc_predict(params, x, KEY, keep_probs=(1.0, 0.5), num_samples=4)
+
+
+def stochastic_linear(params, x, key):
+    """Any stochastic model: dropout on the input of a linear layer."""
+    return jdrop.dropout(key, x, 0.5) @ params["w"]
+
+
+def test_apply_fn_sample_i_uses_the_ith_split_key(setup):
+    _, x = setup
+    params = {"w": jax.random.normal(jax.random.key(3), (SIZES[0], 4))}
+    mc = jdrop.mc_predict(params, x, KEY, num_samples=6, apply_fn=stochastic_linear, chunk_size=4)
+    probs = np.stack([jax.nn.softmax(stochastic_linear(params, x, k)) for k in jax.random.split(KEY, 6)])
+    chex.assert_trees_all_close(mc.mean_probs, probs.mean(0), atol=1e-6)
+    chex.assert_trees_all_close(mc.std, probs.std(0), atol=1e-6)
+    assert bool(jnp.all(mc.mutual_information > 0))
+
+
+def test_mlp_through_apply_fn_equals_the_mlp_path(setup):
+    params, x = setup
+
+    def apply_fn(params, x, key):
+        return jdrop.mlp_apply(params, x, key=key, keep_probs=KEEP_PROBS)
+
+    via_apply_fn = jdrop.mc_predict(params, x, KEY, num_samples=10, apply_fn=apply_fn, chunk_size=3)
+    chex.assert_trees_all_close(
+        via_apply_fn, jdrop.mc_predict(params, x, KEY, keep_probs=KEEP_PROBS, num_samples=10), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7])
+def test_no_key_is_consumed_twice(setup, chunk_size):
+    params, x = setup
+    with jax.debug_key_reuse(True):
+        key = jax.random.key(11)  # fresh: the checker also tracks keys consumed eagerly
+        jdrop.mc_predict(params, x, key, keep_probs=KEEP_PROBS, num_samples=7, chunk_size=chunk_size)
+
+
+def test_apply_fn_errors(setup):
+    params, x = setup
+    with pytest.raises(ValueError, match="keep_probs is for jdrop's MLP"):
+        jdrop.mc_predict(params, x, KEY, num_samples=4, apply_fn=stochastic_linear, keep_probs=KEEP_PROBS)
+    with pytest.raises(ValueError, match=r"keep_probs is needed for jdrop's MLP.*apply_fn"):
+        jdrop.mc_predict(params, x, KEY, num_samples=4)
+    with pytest.raises(TypeError, match="apply_fn must be callable"):
+        jdrop.mc_predict(params, x, KEY, num_samples=4, apply_fn="mlp")
+    with pytest.raises(ValueError, match="pass key="):
+        jdrop.mc_predict(params, x, None, num_samples=4, apply_fn=stochastic_linear)
+    with pytest.raises(TypeError, match=r"needs params from jdrop\.mlp_init"):
+        jdrop.mc_predict({"w": jnp.ones((6, 4))}, x, KEY, num_samples=4, keep_probs=(0.5,))

@@ -189,3 +189,131 @@ def test_realised_keep_fraction_follows_the_schedule():
 def test_schedules_are_checked_at_step_zero():
     with pytest.raises(ValueError, match=r"keep_probs\[1\] \(a schedule\) at step 0 must be in \(0, 1\]"):
         jdrop.make_train_step(optax.sgd(0.1), keep_probs=(1.0, optax.constant_schedule(0.0)))
+
+
+# make_train_step(loss_fn=...) and evaluate(apply_fn=...): any model.
+
+
+def tree_model_loss(params, x, y, key, keep_probs):
+    """A two-input model with nested parameters, pytree inputs and dropout from the step's key."""
+    hidden = jnp.tanh(x["a"] @ params["dense"]["w"] + x["b"] * params["scale"])
+    hidden = jdrop.dropout(key, hidden, keep_probs[0])
+    error = jnp.mean((hidden.sum(-1) - y["target"]) ** 2)
+    return error, {"hidden_mean": hidden.mean()}
+
+
+def tree_model_setup(n=16):
+    rng = np.random.default_rng(0)
+    params = {"dense": {"w": jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)}, "scale": jnp.float32(0.5)}
+    x = {"a": jnp.asarray(rng.normal(size=(n, 5)), jnp.float32), "b": jnp.asarray(rng.normal(size=(n, 1)), jnp.float32)}
+    y = {"target": jnp.asarray(rng.normal(size=n), jnp.float32)}
+    return params, x, y
+
+
+def test_loss_fn_step_is_sgd_on_the_loss_with_the_folded_key_and_scheduled_keep_probs():
+    params, x, y = tree_model_setup()
+    learning_rate = 0.05
+    schedule = optax.linear_schedule(0.9, 0.5, transition_steps=4)
+    seen = []
+
+    def loss_fn(params, x, y, key, keep_probs):
+        seen.append(keep_probs)
+        return tree_model_loss(params, x, y, key, keep_probs)
+
+    optimizer = optax.sgd(learning_rate)
+    step = jdrop.make_train_step(optimizer, loss_fn=loss_fn, keep_probs=(schedule, 1.0))
+    state = jdrop.init_train_state(params, optimizer)
+    expected_params = params
+    for count in range(4):
+        keep = float(schedule(count))
+        step_key = jax.random.fold_in(KEY, count)
+        (expected_loss, aux), grads = jax.value_and_grad(tree_model_loss, has_aux=True)(
+            expected_params, x, y, step_key, (keep, 1.0)
+        )
+        expected_params = jax.tree.map(lambda p, g: p - learning_rate * g, expected_params, grads)
+        state, metrics = step(state, x, y, KEY)
+        chex.assert_trees_all_close(state.params, expected_params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
+        chex.assert_trees_all_close(metrics["hidden_mean"], aux["hidden_mean"], rtol=1e-6)
+        chex.assert_trees_all_close(metrics["keep_probs"], jnp.array([keep, 1.0]), atol=1e-7)
+    assert sorted(metrics) == ["hidden_mean", "keep_probs", "loss"]
+    assert step._cache_size() == 1 and len(seen) == 1  # traced once for all steps
+    scheduled, constant = seen[0]
+    assert isinstance(scheduled, jax.core.Tracer) and constant == 1.0  # numbers stay Python numbers
+
+
+def test_loss_fn_may_return_a_bare_scalar_and_keep_probs_may_be_none():
+    params, x, y = tree_model_setup()
+    seen = []
+
+    def loss_fn(params, x, y, key, keep_probs):
+        seen.append(keep_probs)
+        return tree_model_loss(params, x, y, key, (0.5,))[0]
+
+    optimizer = optax.sgd(0.1)
+    state, metrics = jdrop.make_train_step(optimizer, loss_fn=loss_fn)(
+        jdrop.init_train_state(params, optimizer), x, y, KEY
+    )
+    assert sorted(metrics) == ["loss"] and seen == [None] and int(state.step) == 1
+
+
+def test_loss_fn_errors():
+    params, x, y = tree_model_setup()
+    optimizer = optax.sgd(0.1)
+    with pytest.raises(ValueError, match=r"l2 is the MLP's weight penalty.*add_decayed_weights"):
+        jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, l2=0.1)
+    with pytest.raises(ValueError, match="activation is the MLP's"):
+        jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, activation="tanh")
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        jdrop.make_train_step(optimizer, loss_fn="mse")
+    with pytest.raises(TypeError, match="keep_probs must be a sequence"):
+        jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, keep_probs=0.5)
+    state = jdrop.init_train_state(params, optimizer)
+    bad_returns = {
+        "a tuple of 3 elements": lambda *args: (1.0, {}, 2.0),
+        "floating scalar loss, got shape": lambda *args: jnp.ones(3),
+        r"may not be named \['loss'\]": lambda *args: (jnp.float32(1.0), {"loss": jnp.float32(0.0)}),
+    }
+    for message, loss_fn in bad_returns.items():
+        with pytest.raises((TypeError, ValueError), match=message):
+            jdrop.make_train_step(optimizer, loss_fn=loss_fn)(state, x, y, KEY)
+
+
+def test_mlp_functions_tell_a_foreign_model_where_to_go():
+    foreign = {"Dense_0": {"kernel": jnp.ones((8, 3)), "bias": jnp.zeros(3)}}  # a linen model's params
+    x, y = blobs(n=10)
+    optimizer = optax.sgd(0.1)
+    message = r"needs params from jdrop.mlp_init.*pass loss_fn= to make_train_step and apply_fn= to mc_predict"
+    with pytest.raises(TypeError, match=message):
+        jdrop.make_train_step(optimizer)(jdrop.init_train_state(foreign, optimizer), x, y, KEY)
+    with pytest.raises(TypeError, match=message):
+        jdrop.evaluate(foreign, x, y)
+    with pytest.raises(TypeError, match=message):
+        jdrop.mlp_apply(foreign, x)
+    with pytest.raises(TypeError, match=message):
+        jdrop.l2_penalty(foreign, 0.1, 10)
+    with pytest.raises(TypeError, match=r"params\[0\] is a dict with keys \['bias', 'kernel'\]"):
+        jdrop.mlp_apply([{"kernel": jnp.ones((8, 3)), "bias": jnp.zeros(3)}], x)
+    with pytest.raises(TypeError, match=r"params\[1\]\['w'\] has 5 inputs but the layer before has 4 outputs"):
+        jdrop.mlp_apply([{"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}, {"w": jnp.ones((5, 3)), "b": jnp.zeros(3)}], x)
+
+
+def test_evaluate_with_apply_fn_is_the_metrics_of_its_logits():
+    x, y = blobs(n=50)
+    params = {"w": jax.random.normal(KEY, (8, 3))}
+
+    def apply_fn(params, x):
+        return x["features"] @ params["w"]
+
+    metrics = jdrop.evaluate(params, {"features": x}, y, apply_fn=apply_fn)
+    logits = x @ params["w"]
+    chex.assert_trees_all_close(
+        metrics["cross_entropy"], optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), rtol=1e-6
+    )
+    chex.assert_trees_all_close(metrics["accuracy"], jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)))
+    with pytest.raises(ValueError, match="logits of shape"):
+        jdrop.evaluate(params, {"features": x}, y[:10], apply_fn=apply_fn)
+    with pytest.raises(TypeError, match="apply_fn must be callable"):
+        jdrop.evaluate(params, x, y, apply_fn=3)
+    with pytest.raises(ValueError, match="activation is the MLP's"):
+        jdrop.evaluate(params, x, y, apply_fn=apply_fn, activation="tanh")

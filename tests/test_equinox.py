@@ -1,0 +1,202 @@
+"""Tests for jdrop.equinox: the drop-in for equinox.nn.Dropout."""
+
+import warnings
+
+import chex
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+from dropin_helpers import (
+    SEEDS,
+    assert_same_accuracy_within_seed_noise,
+    bit_identical,
+    cross_entropy,
+    noisy_blobs,
+    train_seeds,
+)
+
+import jdrop
+import jdrop.equinox
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture
+def getkey():
+    """Equinox's test fixture: a fresh key on every call."""
+    keys = iter(jax.random.split(jax.random.key(42), 64))
+    return lambda: next(keys)
+
+
+# Equinox's own tests of nn.Dropout (patrick-kidger/equinox, tests/test_nn.py),
+# re-expressed with jdrop.equinox.Dropout.
+
+
+def test_equinox_dropout_basic(getkey):
+    # Source: test_dropout_basic.
+    dropout = jdrop.equinox.Dropout()
+    x = jax.random.normal(getkey(), (3, 4, 5))
+    y = dropout(x, key=getkey())
+    assert jnp.all((y == 0) | (y == x / 0.5))
+
+
+def test_equinox_dropout_inference(getkey):
+    # Source: test_dropout_inference.
+    dropout = jdrop.equinox.Dropout()
+    x = jax.random.normal(getkey(), (3, 4, 5))
+    z1 = dropout(x, key=getkey(), inference=True)
+    z2 = dropout(x, inference=True)
+    assert jnp.all(x == z1)
+    assert jnp.all(x == z2)
+    dropout2 = jdrop.equinox.Dropout(inference=True)
+    assert jnp.all(x == dropout2(x))
+    dropout3 = eqx.tree_at(lambda d: d.inference, dropout2, replace=False)
+    assert jnp.any(x != dropout3(x, key=jax.random.PRNGKey(0)))
+
+
+def test_equinox_dropout_deterministic(getkey):
+    # Source: test_dropout_deterministic (the deprecated spelling still works).
+    with warnings.catch_warnings():
+        dropout = jdrop.equinox.Dropout()
+        x = jax.random.normal(getkey(), (3, 4, 5))
+        warnings.simplefilter("ignore")
+        z1 = dropout(x, key=getkey(), deterministic=True)
+        z2 = dropout(x, deterministic=True)
+        assert jnp.all(x == z1)
+        assert jnp.all(x == z2)
+        dropout2 = jdrop.equinox.Dropout(deterministic=True)
+        assert jnp.all(x == dropout2(x))
+        dropout3 = eqx.tree_at(lambda d: d.deterministic, dropout2, replace=False)
+        assert jnp.any(x != dropout3(x, key=jax.random.PRNGKey(0)))
+
+
+# jdrop's contract for the drop-in.
+
+
+@pytest.mark.parametrize(("p", "shape"), [(0.5, (8, 33)), (0.1, (3, 5, 7)), (0.9, (100,))])
+def test_mask_is_jdrops_for_the_key_bit_for_bit(p, shape):
+    x = jax.random.normal(KEY, shape)
+    key = jax.random.key(5)
+    bit_identical(jdrop.equinox.Dropout(p)(x, key=key), jdrop.dropout(key, x, 1 - p))
+    raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
+    bit_identical(jdrop.equinox.Dropout(p)(x, key=raw_key), jdrop.dropout(raw_key, x, 1 - p))
+
+
+def test_is_an_equinox_dropout_toggled_by_inference_mode():
+    model = eqx.nn.Sequential([eqx.nn.Linear(4, 8, key=KEY), jdrop.equinox.Dropout(0.5)])
+    assert isinstance(model.layers[1], eqx.nn.Dropout)
+    x = jnp.ones(4)
+    plain = model.layers[0](x)
+    evaluation = eqx.nn.inference_mode(model)
+    assert evaluation.layers[1].inference
+    bit_identical(evaluation(x), plain)
+    training = eqx.nn.inference_mode(evaluation, value=False)
+    dropout_key = jax.random.split(jax.random.key(1), 2)[1]  # Sequential splits its key over its layers
+    bit_identical(training(x, key=jax.random.key(1)), jdrop.dropout(dropout_key, plain, 0.5))
+
+
+def test_p_zero_is_the_identity_and_p_one_gives_zeros_with_zero_gradients():
+    x = jax.random.normal(KEY, (20, 20))
+    assert jdrop.equinox.Dropout(0.0)(x) is x  # no key needed, as in Equinox
+    one = jdrop.equinox.Dropout(1.0)
+    bit_identical(one(x, key=KEY), jnp.zeros_like(x))
+    bit_identical(jax.grad(lambda x: jnp.sum(one(x, key=KEY)))(x), jnp.zeros_like(x))
+
+
+def test_p_as_an_array_field_is_traced_under_filter_jit_and_gets_no_gradient():
+    layer = jdrop.equinox.Dropout(jnp.asarray(0.25))
+    x = jax.random.normal(KEY, (64, 64))
+    key = jax.random.key(2)
+    out = eqx.filter_jit(lambda layer, x: layer(x, key=key))(layer, x)
+    bit_identical(out, jdrop.dropout(key, x, 0.75))
+    grads = eqx.filter_grad(lambda layer: jnp.sum(layer(x, key=key)))(layer)
+    assert float(grads.p) == 0.0
+    zero = eqx.filter_jit(lambda layer, x: layer(x, key=key))(jdrop.equinox.Dropout(jnp.asarray(1.0)), x)
+    bit_identical(zero, jnp.zeros_like(x))  # a traced p of 1 drops everything, as a concrete one does
+
+
+def test_errors_name_the_argument():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+            jdrop.equinox.Dropout(bad)
+    with pytest.raises(TypeError, match="p must be a float"):
+        jdrop.equinox.Dropout(None)
+    with pytest.raises(ValueError, match="p must be a scalar"):
+        jdrop.equinox.Dropout(jnp.array([0.1, 0.2]))
+    # Equinox raises RuntimeError for a missing key; so does the drop-in.
+    with pytest.raises(RuntimeError, match=r"needs a key when dropout is active.*inference_mode"):
+        jdrop.equinox.Dropout(0.5)(jnp.ones(3))
+    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.int32), key=KEY)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtypes_gradients_and_forward_mode_follow_the_mask(dtype):
+    x = jax.random.normal(KEY, (16, 12)).astype(dtype)
+    layer = jdrop.equinox.Dropout(0.4)
+    key = jax.random.key(4)
+    y = layer(x, key=key)
+    chex.assert_type(y, dtype)
+    bit_identical(y, jdrop.dropout(key, x, 0.6))
+    mask = jdrop.dropout_mask(key, x.shape, 0.6)
+    scale = jnp.asarray(1 / float(jdrop.effective_keep_prob(0.6)), dtype)
+    grads = jax.grad(lambda x: jnp.sum(layer(x, key=key).astype(jnp.float32)))(x)
+    bit_identical(grads, jnp.where(mask, scale, jnp.zeros((), dtype)))
+    _, tangent = jax.jvp(lambda x: layer(x, key=key), (x,), (jnp.ones_like(x),))
+    bit_identical(tangent, grads)
+
+
+def test_filter_vmap_over_per_example_keys_under_filter_jit():
+    layer = jdrop.equinox.Dropout(0.5)
+    x = jax.random.normal(KEY, (6, 10))
+    keys = jax.random.split(jax.random.key(3), 6)
+
+    @eqx.filter_jit
+    def per_example(layer, x, keys):
+        return eqx.filter_vmap(lambda x, key: layer(x, key=key))(x, keys)
+
+    out = per_example(layer, x, keys)
+    for row, key in enumerate(keys):
+        bit_identical(out[row], jdrop.dropout(key, x[row], 0.5))
+
+
+class MLP(eqx.Module):
+    layers: list[eqx.nn.Linear]
+    dropouts: list[eqx.nn.Dropout]
+
+    def __init__(self, dropout_cls, key):
+        keys = jax.random.split(key, 3)
+        self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip((20, 128, 128), (128, 128, 4), keys, strict=True)]
+        self.dropouts = [dropout_cls(0.5), dropout_cls(0.5)]
+
+    def __call__(self, x, *, key=None):
+        keys = (None, None) if key is None else jax.random.split(key)
+        for linear, dropout, k in zip(self.layers[:-1], self.dropouts, keys, strict=True):
+            x = dropout(jax.nn.relu(linear(x)), key=k)
+        return self.layers[-1](x)
+
+
+def train_mlp(dropout_cls, train, test):
+    """Test accuracies of the Equinox MLP with ``dropout_cls``, one per seed (per-example keys, the Equinox idiom)."""
+    models = eqx.filter_vmap(lambda key: MLP(dropout_cls, key))(jnp.stack([jax.random.key(s) for s in SEEDS]))
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+
+    def loss_fn(params, x, y, key, keep_probs):
+        model = eqx.combine(params, static)
+        logits = jax.vmap(lambda x, k: model(x, key=k))(x, jax.random.split(key, x.shape[0]))
+        return cross_entropy(logits, y)
+
+    def predict(params, x):
+        return jax.vmap(eqx.nn.inference_mode(eqx.combine(params, static)))(x)
+
+    return train_seeds(params, loss_fn, predict, train, test)
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_trains_to_the_accuracy_of_equinox_dropout():
+    train, test = noisy_blobs()
+    host = train_mlp(eqx.nn.Dropout, train, test)
+    dropin = train_mlp(jdrop.equinox.Dropout, train, test)
+    assert min(host + dropin) > 0.5  # four classes: chance is 0.25
+    assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))

@@ -1,0 +1,205 @@
+"""Tests for jdrop.linen: the drop-in for flax.linen.Dropout."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from dropin_helpers import (
+    SEEDS,
+    assert_same_accuracy_within_seed_noise,
+    bit_identical,
+    cross_entropy,
+    noisy_blobs,
+    train_seeds,
+)
+
+import jdrop
+import jdrop.linen
+
+KEY = jax.random.key(0)
+
+
+class FlaxDropoutTests(parameterized.TestCase):
+    """Flax's own tests of linen.Dropout (google/flax, tests/linen/linen_test.py,
+    class StochasticTest), re-expressed with jdrop.linen.Dropout."""
+
+    def test_dropout(self):
+        # Source: StochasticTest.test_dropout.
+        key1, key2 = jax.random.split(jax.random.key(0), 2)
+        module = jdrop.linen.Dropout(rate=0.5)
+        y1 = module.apply({}, jnp.ones((20, 20)), deterministic=False, rngs={"dropout": key1})
+        y2 = module.apply({}, jnp.ones((20, 20)), deterministic=False, rngs={"dropout": key2})
+        self.assertFalse(np.all(y1 == y2))
+        y1 = module.apply({}, jnp.ones((20, 20)), deterministic=True, rngs={"dropout": key1})
+        y2 = module.apply({}, jnp.ones((20, 20)), deterministic=True, rngs={"dropout": key2})
+        self.assertTrue(np.all(y1 == y2))
+
+    def test_dropout_rate_stats(self):
+        # Source: StochasticTest.test_dropout_rate_stats (4 sigma, as there).
+        rootkey = jax.random.key(0)
+        for rate in np.arange(0.1, 1.0, 0.1):
+            rootkey, subkey = jax.random.split(rootkey)
+            module = jdrop.linen.Dropout(rate=rate)
+            n_trials = 10
+            nonzero_counts = 0
+            for key in jax.random.split(subkey, n_trials):
+                y = module.apply({}, jnp.ones((100, 100)), deterministic=False, rngs={"dropout": key})
+                nonzero_counts += np.sum(y > 0.0)
+            all_counts = np.prod((100, 100, n_trials))
+            frac = np.sum(nonzero_counts) / all_counts
+            keep_rate = 1.0 - rate
+            delta = 4 * np.sqrt(rate * keep_rate) / np.sqrt(all_counts)
+            self.assertTrue(keep_rate - delta < frac < keep_rate + delta)
+
+    def test_dropout_rate_limits(self):
+        # Source: StochasticTest.test_dropout_rate_limits.
+        key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
+        inputs = jnp.ones((20, 20))
+        d0 = jdrop.linen.Dropout(rate=0.0)
+        y1 = d0.apply({}, inputs, deterministic=False, rngs={"dropout": key1})
+        np.testing.assert_array_equal(y1, inputs)
+        d1 = jdrop.linen.Dropout(rate=1.0)
+        y2 = d1.apply({}, inputs, deterministic=False, rngs={"dropout": key2})
+        np.testing.assert_array_equal(y2, np.zeros_like(inputs))
+
+        def fn(x, k):
+            return d1.apply({}, x, rngs={"dropout": k}, deterministic=False)
+
+        res = jax.grad(lambda x, k: jnp.sum(fn(x, k)))(inputs, key3)
+        self.assertFalse(np.isnan(res).any())
+
+    @parameterized.parameters(
+        {"num_dims": 2, "broadcast_dims": (1,), "slice_fn": lambda out, i: out[i, :], "summed_total": 2 * 10},
+        {"num_dims": 2, "broadcast_dims": (0,), "slice_fn": lambda out, i: out[:, i], "summed_total": 2 * 10},
+        {"num_dims": 3, "broadcast_dims": (1, 2), "slice_fn": lambda out, i: out[i, :, :], "summed_total": 200},
+        {"num_dims": 3, "broadcast_dims": (1,), "slice_fn": lambda out, i, j: out[i, :, j], "summed_total": 20},
+        {"num_dims": 4, "broadcast_dims": (0, 2, 3), "slice_fn": lambda out, i: out[:, i, :, :], "summed_total": 2000},
+        {"num_dims": 4, "broadcast_dims": (0, 1), "slice_fn": lambda out, i, j: out[:, :, i, j], "summed_total": 200},
+        {"num_dims": 4, "broadcast_dims": (3,), "slice_fn": lambda out, i, j, k: out[i, j, k, :], "summed_total": 20},
+    )
+    def test_dropout_broadcast(self, num_dims, broadcast_dims, slice_fn, summed_total):
+        # Source: StochasticTest.test_dropout_broadcast.
+        module = jdrop.linen.Dropout(rate=0.5, broadcast_dims=broadcast_dims, deterministic=False)
+        x = jnp.ones((10,) * num_dims)
+        out = module.apply({}, x, rngs={"dropout": jax.random.key(0)})
+        free = num_dims - len(broadcast_dims)
+        for index in np.ndindex(*(10,) * free):
+            self.assertIn(float(slice_fn(out, *index).sum()), (0.0, summed_total))
+
+    def test_dropout_manual_rng(self):
+        # Source: StochasticTest.test_dropout_manual_rng.
+        class Foo(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                key = self.make_rng("dropout")
+                x1 = jdrop.linen.Dropout(rate=0.5, deterministic=False)(x, rng=key)
+                x2 = jdrop.linen.Dropout(rate=0.5, deterministic=False)(x, rng=jax.random.clone(key))
+                return x1, x2
+
+        x1, x2 = Foo().apply({}, jnp.ones((20, 20)), rngs={"dropout": jax.random.key(0)})
+        np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize(
+    ("rate", "broadcast_dims", "shape"), [(0.5, (), (8, 33)), (0.1, (), (3, 5, 7)), (0.75, (1,), (4, 6, 5))]
+)
+def test_mask_is_jdrops_for_make_rngs_key_bit_for_bit(rate, broadcast_dims, shape):
+    x = jax.random.normal(KEY, shape)
+    key = jax.random.key(5)
+
+    # With rng= the key is used as given; through make_rng it is the key that
+    # make_rng("dropout") gives the module's scope, drawn here the same way.
+    layer = jdrop.linen.Dropout(rate, broadcast_dims=broadcast_dims)
+    expected = jdrop.dropout(key, x, 1 - rate, broadcast_dims=broadcast_dims)
+    bit_identical(layer.apply({}, x, deterministic=False, rng=key), expected)
+    drawn = nn.Module.apply(layer, {}, rngs={"dropout": key}, method=lambda m: m.make_rng("dropout"))
+    through_make_rng = layer.apply({}, x, deterministic=False, rngs={"dropout": key})
+    bit_identical(through_make_rng, jdrop.dropout(drawn, x, 1 - rate, broadcast_dims=broadcast_dims))
+
+
+def test_is_a_linen_dropout_and_checks_its_rate():
+    assert isinstance(jdrop.linen.Dropout(0.5), nn.Dropout)
+    for bad in (-0.5, 1.01, float("nan")):
+        with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+            jdrop.linen.Dropout(bad)
+    with pytest.raises(TypeError, match="rate must be a float"):
+        jdrop.linen.Dropout("0.5")
+    # Flax's own merging of deterministic: set in neither place is an error.
+    with pytest.raises(ValueError, match="deterministic"):
+        jdrop.linen.Dropout(0.5).apply({}, jnp.ones(3), rngs={"dropout": KEY})
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtypes_and_gradients_follow_the_mask(dtype):
+    x = jax.random.normal(KEY, (16, 12)).astype(dtype)
+    layer = jdrop.linen.Dropout(0.4, deterministic=False)
+    key = jax.random.key(4)
+    y = layer.apply({}, x, rng=key)
+    chex.assert_type(y, dtype)
+    bit_identical(y, jdrop.dropout(key, x, 0.6))
+    grads = jax.grad(lambda x: jnp.sum(layer.apply({}, x, rng=key).astype(jnp.float32)))(x)
+    mask = jdrop.dropout_mask(key, x.shape, 0.6)
+    scale = jnp.asarray(1 / float(jdrop.effective_keep_prob(0.6)), dtype)
+    bit_identical(grads, jnp.where(mask, scale, jnp.zeros((), dtype)))
+
+
+def test_jit_and_lifted_vmap_with_split_rngs():
+    class PerExample(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            vmapped = nn.vmap(
+                jdrop.linen.Dropout,
+                in_axes=0,
+                variable_axes={},
+                split_rngs={"dropout": True},
+                methods=["__call__"],
+            )
+            return vmapped(rate=0.5, deterministic=False)(x)
+
+    x = jnp.ones((6, 40))
+    out = jax.jit(lambda x, k: PerExample().apply({}, x, rngs={"dropout": k}))(x, KEY)
+    chex.assert_shape(out, (6, 40))
+    rows = {tuple(np.asarray(row != 0)) for row in out}
+    assert len(rows) == 6  # every example got its own mask
+    assert set(np.unique(out).tolist()) == {0.0, 2.0}
+
+
+class MLP(nn.Module):
+    dropout_cls: type
+
+    @nn.compact
+    def __call__(self, x, train):
+        for _ in range(2):
+            x = self.dropout_cls(0.5, deterministic=not train)(nn.relu(nn.Dense(128)(x)))
+        return nn.Dense(4)(x)
+
+
+def train_mlp(dropout_cls, train, test):
+    """Test accuracies of the MLP with ``dropout_cls``, one per seed."""
+    model = MLP(dropout_cls)
+    params = jax.vmap(lambda seed: model.init(jax.random.key(seed), train[0][:1], train=False))(jnp.array(SEEDS))
+
+    def loss_fn(params, x, y, key, keep_probs):
+        return cross_entropy(model.apply(params, x, train=True, rngs={"dropout": key}), y)
+
+    return train_seeds(params, loss_fn, predict_fn(model), train, test)
+
+
+@functools.cache
+def predict_fn(model):
+    # One function object per model, so that jdrop.evaluate's jit cache is hit.
+    return lambda params, x: model.apply(params, x, train=False)
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_trains_to_the_accuracy_of_flax_dropout():
+    train, test = noisy_blobs()
+    host = train_mlp(nn.Dropout, train, test)
+    dropin = train_mlp(jdrop.linen.Dropout, train, test)
+    assert min(host + dropin) > 0.5  # four classes: chance is 0.25
+    assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))

@@ -1,0 +1,274 @@
+"""Tests for jdrop.nnx: the drop-in for flax.nnx.Dropout."""
+
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dropin_helpers import (
+    SEEDS,
+    assert_same_accuracy_within_seed_noise,
+    bit_identical,
+    cross_entropy,
+    noisy_blobs,
+    train_seeds,
+)
+from flax import nnx
+
+import jdrop
+import jdrop.nnx
+
+KEY = jax.random.key(0)
+
+
+def twin_stream(seed, collection="dropout"):
+    """A stream that yields the keys a Dropout built with ``rngs=nnx.Rngs(**{collection: seed})`` draws."""
+    return nnx.Rngs(**{collection: seed})[collection].fork()
+
+
+# Flax's own tests of nnx.Dropout (google/flax, tests/nnx/nn/stochastic_test.py,
+# class TestStochastic), re-expressed with jdrop.nnx.Dropout.
+
+
+def test_flax_dropout_internal_rngs():
+    # Source: TestStochastic.test_dropout_internal_rngs.
+    n = 0
+    m1 = jdrop.nnx.Dropout(rate=0.5, deterministic=False, rngs=nnx.Rngs(dropout=0))
+    m2 = jdrop.nnx.Dropout(rate=0.5, deterministic=False)
+    rngs2 = nnx.Rngs(dropout=0).fork()
+
+    @nnx.jit
+    def f(m, x, rngs=None):
+        nonlocal n
+        n += 1
+        return m(x, rngs=rngs)
+
+    x = jnp.ones((1, 10))
+    assert m1.rngs is not None and m1.rngs.count[...] == 0
+    y1 = f(m1, x)
+    assert n == 1
+    assert m1.rngs.count[...] == 1
+    y2 = f(m2, x, rngs=rngs2)
+    assert n == 2
+    assert rngs2.dropout.count[...] == 1
+    np.testing.assert_allclose(y1, y2)
+    y1 = f(m1, x)
+    assert m1.rngs.count[...] == 2
+    y2 = f(m2, x, rngs=rngs2)
+    assert rngs2.dropout.count[...] == 2
+    np.testing.assert_allclose(y1, y2)
+    assert n == 2
+
+
+def test_flax_dropout_rng_override():
+    # Source: TestStochastic.test_dropout_rng_override.
+    m1 = jdrop.nnx.Dropout(rate=0.5, deterministic=False, rngs=nnx.Rngs(dropout=0))
+    m2 = jdrop.nnx.Dropout(rate=0.5, deterministic=False, rngs=nnx.Rngs(dropout=1))
+    x = jnp.ones((1, 10))
+    y1 = m1(x)
+    y2 = m2(x)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(y1, y2)
+    y2 = m2(x, rngs=nnx.Rngs(dropout=0).fork())
+    np.testing.assert_allclose(y1, y2)
+
+
+def test_flax_dropout_arg_override():
+    # Source: TestStochastic.test_dropout_arg_override.
+    m = jdrop.nnx.Dropout(rate=0.5, deterministic=False)
+    x = jnp.ones((1, 10))
+    m(x, deterministic=True)
+    m.set_attributes(deterministic=True)
+    y = m(x)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(y, m(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+    m.set_attributes(deterministic=False)
+    with pytest.raises(ValueError, match="`deterministic` is False, but no `rngs` argument was provided to Dropout"):
+        m(x)
+
+
+def test_flax_dropout_arg_override_view():
+    # Source: TestStochastic.test_dropout_arg_override_view.
+    m = jdrop.nnx.Dropout(rate=0.5, deterministic=False)
+    x = jnp.ones((1, 10))
+    m(x, deterministic=True)
+    new_m = nnx.view(m, deterministic=True)
+    y = new_m(x)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(y, new_m(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+    new_m = nnx.view(m, deterministic=False)
+    with pytest.raises(ValueError, match="`deterministic` is False, but no `rngs` argument was provided to Dropout"):
+        new_m(x)
+
+
+# jdrop's contract for the drop-in.
+
+
+@pytest.mark.parametrize(
+    ("rate", "broadcast_dims", "shape"),
+    [(0.5, (), (8, 33)), (0.1, (), (3, 5, 7)), (0.9, (1,), (4, 6, 5)), (0.25, (0, 2), (4, 6, 5))],
+)
+def test_mask_is_jdrops_for_the_streams_key_bit_for_bit(rate, broadcast_dims, shape):
+    x = jax.random.normal(KEY, shape)
+    layer = jdrop.nnx.Dropout(rate, broadcast_dims=broadcast_dims, rngs=nnx.Rngs(dropout=7))
+    twin = twin_stream(7)
+    for _ in range(3):  # every call draws the stream's next key
+        expected = jdrop.dropout(twin(), x, 1 - rate, broadcast_dims=broadcast_dims)
+        bit_identical(layer(x), expected)
+    key = jax.random.key(3)
+    bit_identical(layer(x, rngs=key), jdrop.dropout(key, x, 1 - rate, broadcast_dims=broadcast_dims))
+
+
+def test_custom_rng_collection_and_an_rngs_object_at_call_time():
+    x = jnp.ones((6, 10))
+    layer = jdrop.nnx.Dropout(0.3, rng_collection="noise", rngs=nnx.Rngs(noise=5))
+    bit_identical(layer(x), jdrop.dropout(twin_stream(5, "noise")(), x, 0.7))
+    call_rngs, twin = nnx.Rngs(noise=9), nnx.Rngs(noise=9)
+    bit_identical(layer(x, rngs=call_rngs), jdrop.dropout(twin["noise"](), x, 0.7))
+
+
+def test_is_an_nnx_dropout_switched_by_train_eval_and_view():
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(4, 8, rngs=rngs)
+            self.dropout = jdrop.nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.dropout(self.linear(x))
+
+    block = Block(nnx.Rngs(0, dropout=1))
+    assert isinstance(block.dropout, nnx.Dropout)
+    x = jnp.ones((3, 4))
+    plain = block.linear(x)
+    block.eval()
+    bit_identical(block(x), plain)
+    block.train()
+    assert not np.array_equal(block(x), plain)
+    bit_identical(nnx.view(block, only=nnx.Dropout, deterministic=True)(x), plain)
+
+
+def test_rate_zero_is_the_identity_and_rate_one_gives_zeros_with_zero_gradients():
+    x = jax.random.normal(KEY, (20, 20))
+    zero = jdrop.nnx.Dropout(0.0, rngs=nnx.Rngs(dropout=0))
+    assert zero(x) is x
+    assert zero.rngs.count[...] == 0  # no key drawn, as in Flax
+    one = jdrop.nnx.Dropout(1.0, rngs=nnx.Rngs(dropout=0))
+    bit_identical(one(x), jnp.zeros_like(x))
+    grads = jax.grad(lambda x: jnp.sum(one(x, rngs=KEY)))(x)
+    bit_identical(grads, jnp.zeros_like(x))
+
+
+def test_errors_name_the_argument():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+            jdrop.nnx.Dropout(bad)
+    with pytest.raises(TypeError, match="rate must be a float"):
+        jdrop.nnx.Dropout(True)
+    layer = jdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+    layer.rate = 2.0  # changed after construction: checked again at call time
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+        layer(jnp.ones(3))
+    with pytest.raises(ValueError, match="No `deterministic` argument"):
+        jdrop.nnx.Dropout(0.5, deterministic=None)(jnp.ones(3))
+    with pytest.raises(TypeError, match=r"rngs must be an nnx\.Rngs"):
+        jdrop.nnx.Dropout(0.5)(jnp.ones(3), rngs=3)
+    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+        jdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))(jnp.ones(3, jnp.int32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtypes_gradients_and_forward_mode_follow_the_mask(dtype):
+    x = jax.random.normal(KEY, (16, 12)).astype(dtype)
+    layer = jdrop.nnx.Dropout(0.4)
+    key = jax.random.key(4)
+    y = layer(x, rngs=key)
+    chex.assert_type(y, dtype)
+    bit_identical(y, jdrop.dropout(key, x, 0.6))
+    scale = 1 / float(jdrop.effective_keep_prob(0.6))
+    mask = jdrop.dropout_mask(key, x.shape, 0.6)
+    grads = jax.grad(lambda x: jnp.sum(layer(x, rngs=key).astype(jnp.float32)))(x)
+    bit_identical(grads, jnp.where(mask, jnp.asarray(scale, dtype), jnp.zeros((), dtype)))
+    _, tangent = jax.jvp(lambda x: layer(x, rngs=key), (x,), (jnp.ones_like(x),))
+    bit_identical(tangent, grads)
+
+
+def test_nnx_jit_vmap_over_per_example_keys_and_scan():
+    layer = jdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=2))
+    x = jax.random.normal(KEY, (5, 9))
+    keys = jax.random.split(jax.random.key(1), 5)
+    per_example = nnx.vmap(lambda m, x, k: m(x, rngs=k), in_axes=(None, 0, 0))(layer, x, keys)
+    for row, key in enumerate(keys):
+        bit_identical(per_example[row], jdrop.dropout(key, x[row], 0.5))
+
+    # nnx.scan carries the module, so each step draws the stream's next key.
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def over_time(m, x_t):
+        return m, m(x_t)
+
+    xs = jax.random.normal(KEY, (4, 3, 9))
+    _, ys = over_time(layer, xs)
+    twin = twin_stream(2)
+    for t in range(4):
+        bit_identical(ys[t], jdrop.dropout(twin(), xs[t], 0.5))
+    assert layer.rngs.count[...] == 4
+
+    traces = 0
+
+    @nnx.jit
+    def jitted(m, x):
+        nonlocal traces
+        traces += 1
+        return m(x)
+
+    first, second = jitted(layer, x), jitted(layer, x)
+    assert traces == 1 and not np.array_equal(first, second)  # the stream advances, no retrace
+    bit_identical(first, jdrop.dropout(twin(), x, 0.5))
+    bit_identical(second, jdrop.dropout(twin(), x, 0.5))
+
+
+class MLP(nnx.Module):
+    def __init__(self, dropout_cls, rngs):
+        self.hidden1 = nnx.Linear(20, 128, rngs=rngs)
+        self.hidden2 = nnx.Linear(128, 128, rngs=rngs)
+        self.out = nnx.Linear(128, 4, rngs=rngs)
+        self.dropout1 = dropout_cls(0.5)
+        self.dropout2 = dropout_cls(0.5)
+
+    def __call__(self, x, rngs=None):
+        x = self.dropout1(nnx.relu(self.hidden1(x)), rngs=rngs)
+        x = self.dropout2(nnx.relu(self.hidden2(x)), rngs=rngs)
+        return self.out(x)
+
+
+def train_mlp(dropout_cls, train, test):
+    """Test accuracies of the NNX MLP with ``dropout_cls``, one per seed."""
+    graphdef, _ = nnx.split(MLP(dropout_cls, nnx.Rngs(0)))
+    keys = jnp.stack([jax.random.key(seed) for seed in SEEDS])
+    params = jax.vmap(lambda key: nnx.split(MLP(dropout_cls, nnx.Rngs(key)))[1])(keys)
+
+    def loss_fn(params, x, y, key, keep_probs):
+        logits = nnx.merge(graphdef, params)(x, rngs=nnx.Rngs(dropout=key))
+        return cross_entropy(logits, y)
+
+    def predict(params, x):
+        return nnx.view(nnx.merge(graphdef, params), deterministic=True)(x)
+
+    return train_seeds(params, loss_fn, predict, train, test)
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_trains_to_the_accuracy_of_flax_dropout():
+    train, test = noisy_blobs()
+    host = train_mlp(nnx.Dropout, train, test)
+    dropin = train_mlp(jdrop.nnx.Dropout, train, test)
+    assert min(host + dropin) > 0.5  # four classes: chance is 0.25
+    assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))
+
+
+def test_import_jdrop_imports_neither_flax_nor_equinox():
+    code = "import sys, jdrop; print(sorted(m for m in ('flax', 'equinox') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
