@@ -1,4 +1,4 @@
-"""jdrop against Flax, Haiku and Equinox: mask speed, training-step overhead, backward memory.
+"""jdrop against Flax, Haiku and Equinox: mask speed, training-step overhead, backward memory, drop-in modules.
 
 Run ``pip install -e ".[bench]" && python benchmarks/run.py``. Every timed
 candidate is jitted and compiled first; then the candidates run interleaved
@@ -7,13 +7,18 @@ back-to-back calls, and the tables report the median per-call time and ratios
 taken from those medians. Memory is XLA's compile-time
 ``memory_analysis().temp_size_in_bytes`` of the jitted gradient: no noise.
 
-The tables are printed as Markdown and written to ``--out``.
+The tables are printed as Markdown and written to ``--out`` (by default
+``benchmarks/results.md``; with ``--quick`` or ``--only`` only if ``--out`` is
+given). ``--only dropin --quick`` smoke-tests the drop-in section alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
+import itertools
 import math
 import os
 import platform
@@ -21,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import flax.linen as nn
@@ -29,8 +34,12 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 import jdrop
+import jdrop.equinox
+import jdrop.linen
+import jdrop.nnx
 
 KEEP_PROB = 0.8
 RATE = 1.0 - KEEP_PROB  # what Flax, Haiku and Equinox take
@@ -100,7 +109,7 @@ DROPOUTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def bench_mask(shape: tuple[int, int], rounds: int, calls: int) -> list[str]:
+def bench_mask(shape: tuple[int, int], rounds: int, calls: int, min_round_seconds: float = 0.2) -> list[str]:
     print(f"dropout forward, {shape} float32, keep {KEEP_PROB}")
     key = jax.random.key(0)
     x = jax.random.normal(jax.random.key(1), shape)
@@ -110,7 +119,7 @@ def bench_mask(shape: tuple[int, int], rounds: int, calls: int) -> list[str]:
         runs[name] = lambda jitted=jitted: jitted(key, x)
     floor = jax.jit(lambda x: x * (1.0 / KEEP_PROB))
     runs["x * c (memory floor)"] = lambda: floor(x)
-    forward = interleaved_medians(runs, rounds, calls)
+    forward = interleaved_medians(runs, rounds, calls, min_round_seconds)
 
     print(f"dropout forward + backward (output and input gradient), {shape} float32, keep {KEEP_PROB}")
     cotangent = jax.random.normal(jax.random.key(2), shape)
@@ -127,7 +136,7 @@ def bench_mask(shape: tuple[int, int], rounds: int, calls: int) -> list[str]:
         runs[name] = lambda both_fn=both_fn: both_fn(key, x, cotangent)
     floor_both = jax.jit(lambda x, cotangent: forward_backward(lambda x: x * (1.0 / KEEP_PROB), x, cotangent))
     runs["x * c (memory floor)"] = lambda: floor_both(x, cotangent)
-    both = interleaved_medians(runs, rounds, calls)
+    both = interleaved_medians(runs, rounds, calls, min_round_seconds)
 
     ours_fwd, ours_both = forward["jdrop.dropout"], both["jdrop.dropout"]
     lines = [
@@ -193,7 +202,9 @@ def flax_train_step(model: FlaxMLP, optimizer: optax.GradientTransformation, det
     return step
 
 
-def bench_train_step(sizes: tuple[int, ...], batch: int, rounds: int, calls: int) -> list[str]:
+def bench_train_step(
+    sizes: tuple[int, ...], batch: int, rounds: int, calls: int, min_round_seconds: float = 0.2
+) -> list[str]:
     print(f"adam training step, MLP {'-'.join(map(str, sizes))}, batch {batch}, relu, keep {KEEP_PROB} on hidden")
     optimizer = optax.adam(1e-3)
     x = jax.random.normal(jax.random.key(3), (batch, sizes[0]))
@@ -219,7 +230,7 @@ def bench_train_step(sizes: tuple[int, ...], batch: int, rounds: int, calls: int
         runs[name] = lambda step=step: step(state, x, y, key)
     for name, step in flax_steps.items():
         runs[name] = lambda step=step: step(*flax_state[:2], x, y, key, flax_state[2])
-    medians = interleaved_medians(runs, rounds, calls)
+    medians = interleaved_medians(runs, rounds, calls, min_round_seconds)
     ours = medians["jdrop, dropout"] / medians["jdrop, deterministic"]
     theirs = medians["flax, dropout"] / medians["flax, deterministic"]
     return [
@@ -272,31 +283,415 @@ def bench_memory(sizes: tuple[int, ...], batch: int) -> list[str]:
     return lines
 
 
+# --- Drop-in modules: the host library's Dropout against jdrop's, in the same model --------------
+#
+# Each model is written once per library and takes its Dropout class as an argument, so the host
+# step and the jdrop step are the same code with a different class. The forward passes are shared
+# (mlp_forward, block_forward) and take the library's layers as callables.
+
+Run = Callable[[], Any]
+Layer = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+    """A relu MLP with dropout after every hidden activation."""
+
+    sizes: tuple[int, ...] = (784, 1024, 1024, 10)
+    batch: int = 512
+    rate: float = 0.2
+
+    def describe(self) -> str:
+        return f"a relu MLP {'-'.join(map(str, self.sizes))}, batch {self.batch}, dropout after each hidden relu"
+
+    def data(self) -> tuple[jax.Array, jax.Array]:
+        x = jax.random.normal(jax.random.key(3), (self.batch, self.sizes[0]))
+        return x, jax.random.randint(jax.random.key(4), (self.batch,), 0, self.sizes[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """A pre-LayerNorm transformer encoder block, mean-pooled into a linear classifier."""
+
+    d_model: int = 256
+    heads: int = 4
+    seq: int = 128
+    batch: int = 32
+    hidden: int = 1024
+    classes: int = 10
+    rate: float = 0.1
+
+    def describe(self) -> str:
+        return (
+            f"a pre-LayerNorm transformer encoder block (d_model {self.d_model}, {self.heads} heads, sequence "
+            f"{self.seq}, batch {self.batch}, gelu MLP {self.hidden}) + mean-pool + linear head to {self.classes} "
+            "classes; dropout on the attention probabilities, after the attention output projection, after the "
+            "MLP activation and after the MLP output projection"
+        )
+
+    def data(self) -> tuple[jax.Array, jax.Array]:
+        x = jax.random.normal(jax.random.key(3), (self.batch, self.seq, self.d_model))
+        return x, jax.random.randint(jax.random.key(4), (self.batch,), 0, self.classes)
+
+
+class BlockLayers(NamedTuple):
+    """The block's layers as callables on ``(..., seq, features)`` arrays (``head`` on ``(..., d_model)``)."""
+
+    ln1: Layer
+    qkv: Layer
+    proj: Layer
+    ln2: Layer
+    fc1: Layer
+    fc2: Layer
+    head: Layer
+
+
+def mlp_forward(x: jax.Array, layers: Sequence[Layer], drops: Sequence[Layer]) -> jax.Array:
+    """Linear -> relu -> dropout for every hidden layer, then the output layer."""
+    for layer, drop in zip(layers[:-1], drops, strict=True):
+        x = drop(jax.nn.relu(layer(x)))
+    return layers[-1](x)
+
+
+def attention(qkv: jax.Array, heads: int, drop: Layer) -> jax.Array:
+    """Softmax self-attention from fused ``(..., seq, 3 * d)`` projections; ``drop`` acts on the probabilities."""
+    *lead, seq, width = qkv.shape
+    d = width // 3
+    q, k, v = (t.reshape(*lead, seq, heads, d // heads) for t in jnp.split(qkv, 3, axis=-1))
+    logits = jnp.einsum("...qhc,...khc->...hqk", q, k) / math.sqrt(d // heads)
+    probs = drop(jax.nn.softmax(logits, axis=-1))
+    return jnp.einsum("...hqk,...khc->...qhc", probs, v).reshape(*lead, seq, d)
+
+
+def block_forward(x: jax.Array, heads: int, layers: BlockLayers, drops: Sequence[Layer]) -> jax.Array:
+    """Pre-LN attention and MLP sublayers with residual dropout, then mean-pool and the head."""
+    attn_drop, resid_drop, act_drop, out_drop = drops
+    x = x + resid_drop(layers.proj(attention(layers.qkv(layers.ln1(x)), heads, attn_drop)))
+    x = x + out_drop(layers.fc2(act_drop(jax.nn.gelu(layers.fc1(layers.ln2(x))))))
+    return layers.head(x.mean(axis=-2))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def looping(step: Callable[..., tuple[Any, jax.Array]], state: Any, x: jax.Array, y: jax.Array) -> Run:
+    """A run that advances ``state`` by one jitted step per call, as a training loop does."""
+
+    def run() -> Any:
+        nonlocal state
+        state, loss = step(state, x, y)
+        return state, loss
+
+    return run
+
+
+def keyed_train_run(
+    loss: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array],
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    x: jax.Array,
+    y: jax.Array,
+) -> Run:
+    """Adam steps of ``loss(params, x, y, key)``; step ``n`` gets the key ``fold_in(base, n)``."""
+    base = jax.random.key(2)
+
+    @jax.jit
+    def step(state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
+        params, opt_state, count = state
+        value, grads = jax.value_and_grad(loss)(params, x, y, jax.random.fold_in(base, count))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, count + 1), value
+
+    return looping(step, (params, optimizer.init(params), jnp.zeros((), jnp.uint32)), x, y)
+
+
+# Flax NNX. The step is a jax.jit-compiled pure function of the (model, optimizer) state from one
+# nnx.split, Flax's recipe for less Python overhead per call than nnx.jit. The Dropout modules' RNG
+# streams are part of that state, so each step draws fresh keys (fold_in(stream key, count)).
+
+
+class NnxMLP(nnx.Module):
+    """The MLP in NNX, with ``dropout`` as its Dropout class."""
+
+    def __init__(self, cfg: MLPConfig, dropout: type[nnx.Dropout], deterministic: bool, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(cfg.sizes)])
+        self.drops = nnx.List([dropout(cfg.rate, deterministic=deterministic, rngs=rngs) for _ in cfg.sizes[1:-1]])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return mlp_forward(x, list(self.layers), list(self.drops))
+
+
+class NnxBlock(nnx.Module):
+    """The transformer block in NNX, with ``dropout`` as its Dropout class."""
+
+    def __init__(self, cfg: BlockConfig, dropout: type[nnx.Dropout], deterministic: bool, rngs: nnx.Rngs) -> None:
+        d = cfg.d_model
+        self.heads = cfg.heads
+        self.layers = nnx.data(
+            BlockLayers(
+                ln1=nnx.LayerNorm(d, rngs=rngs),
+                qkv=nnx.Linear(d, 3 * d, rngs=rngs),
+                proj=nnx.Linear(d, d, rngs=rngs),
+                ln2=nnx.LayerNorm(d, rngs=rngs),
+                fc1=nnx.Linear(d, cfg.hidden, rngs=rngs),
+                fc2=nnx.Linear(cfg.hidden, d, rngs=rngs),
+                head=nnx.Linear(d, cfg.classes, rngs=rngs),
+            )
+        )
+        self.drops = nnx.List([dropout(cfg.rate, deterministic=deterministic, rngs=rngs) for _ in range(4)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return block_forward(x, self.heads, self.layers, list(self.drops))
+
+
+def nnx_run(
+    model_cls: type, cfg: Any, dropout: type, deterministic: bool, optimizer: optax.GradientTransformation
+) -> Run:
+    """A run of jitted NNX training steps of ``model_cls(cfg, dropout, deterministic)``."""
+    model = model_cls(cfg, dropout, deterministic, rngs=nnx.Rngs(params=0, dropout=1))
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optimizer, wrt=nnx.Param)))
+
+    def loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+        return cross_entropy(model(x), y)
+
+    @jax.jit
+    def step(state: nnx.State, x: jax.Array, y: jax.Array) -> tuple[nnx.State, jax.Array]:
+        model, opt = nnx.merge(graphdef, state)
+        value, grads = nnx.value_and_grad(loss)(model, x, y)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), value  # with the advanced RNG counts
+
+    return looping(step, state, *cfg.data())
+
+
+# Flax linen: the key goes in as rngs={"dropout": ...}; each Dropout draws with make_rng.
+
+
+class LinenMLP(nn.Module):
+    """The MLP in linen, with ``dropout`` as its Dropout class."""
+
+    cfg: MLPConfig
+    dropout: type[nn.Dropout]
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        layers = [nn.Dense(width) for width in self.cfg.sizes[1:]]
+        drops = [self.dropout(rate=self.cfg.rate, deterministic=self.deterministic) for _ in self.cfg.sizes[1:-1]]
+        return mlp_forward(x, layers, drops)
+
+
+class LinenBlock(nn.Module):
+    """The transformer block in linen, with ``dropout`` as its Dropout class."""
+
+    cfg: BlockConfig
+    dropout: type[nn.Dropout]
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = self.cfg.d_model
+        layers = BlockLayers(
+            ln1=nn.LayerNorm(),
+            qkv=nn.Dense(3 * d),
+            proj=nn.Dense(d),
+            ln2=nn.LayerNorm(),
+            fc1=nn.Dense(self.cfg.hidden),
+            fc2=nn.Dense(d),
+            head=nn.Dense(self.cfg.classes),
+        )
+        drops = [self.dropout(rate=self.cfg.rate, deterministic=self.deterministic) for _ in range(4)]
+        return block_forward(x, self.cfg.heads, layers, drops)
+
+
+def linen_run(
+    model_cls: type, cfg: Any, dropout: type, deterministic: bool, optimizer: optax.GradientTransformation
+) -> Run:
+    """A run of jitted linen training steps of ``model_cls(cfg, dropout, deterministic)``."""
+    model = model_cls(cfg, dropout, deterministic)
+    x, y = cfg.data()
+    params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+
+    def loss(params: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
+        return cross_entropy(model.apply(params, x, rngs={"dropout": key}), y)
+
+    return keyed_train_run(loss, params, optimizer, x, y)
+
+
+# Equinox: the models see one example; the batch is a jax.vmap with one key per example, and each
+# example splits its key among its Dropout layers.
+
+
+def with_keys(drops: Sequence[eqx.nn.Dropout], key: jax.Array) -> list[Layer]:
+    """The Dropout layers as one-argument callables, each with its own key split from ``key``."""
+    keys = jax.random.split(key, len(drops))
+    return [functools.partial(drop, key=k) for drop, k in zip(drops, keys, strict=True)]
+
+
+class EqxMLP(eqx.Module):
+    """The MLP in Equinox (one example), with ``dropout`` as its Dropout class."""
+
+    layers: list[eqx.nn.Linear]
+    drops: list[eqx.nn.Dropout]
+
+    def __init__(self, cfg: MLPConfig, dropout: type[eqx.nn.Dropout], deterministic: bool, *, key: jax.Array) -> None:
+        keys = jax.random.split(key, len(cfg.sizes) - 1)
+        self.layers = [
+            eqx.nn.Linear(a, b, key=k) for (a, b), k in zip(itertools.pairwise(cfg.sizes), keys, strict=True)
+        ]
+        self.drops = [dropout(p=cfg.rate, inference=deterministic) for _ in cfg.sizes[1:-1]]
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        return mlp_forward(x, self.layers, with_keys(self.drops, key))
+
+
+class EqxBlock(eqx.Module):
+    """The transformer block in Equinox (one example), with ``dropout`` as its Dropout class."""
+
+    heads: int = eqx.field(static=True)
+    layers: BlockLayers
+    drops: list[eqx.nn.Dropout]
+
+    def __init__(self, cfg: BlockConfig, dropout: type[eqx.nn.Dropout], deterministic: bool, *, key: jax.Array) -> None:
+        d = cfg.d_model
+        keys = jax.random.split(key, 5)
+        self.heads = cfg.heads
+        self.layers = BlockLayers(
+            ln1=eqx.nn.LayerNorm(d),
+            qkv=eqx.nn.Linear(d, 3 * d, key=keys[0]),
+            proj=eqx.nn.Linear(d, d, key=keys[1]),
+            ln2=eqx.nn.LayerNorm(d),
+            fc1=eqx.nn.Linear(d, cfg.hidden, key=keys[2]),
+            fc2=eqx.nn.Linear(cfg.hidden, d, key=keys[3]),
+            head=eqx.nn.Linear(d, cfg.classes, key=keys[4]),
+        )
+        self.drops = [dropout(p=cfg.rate, inference=deterministic) for _ in range(4)]
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        """One example: ``x`` is ``(seq, d_model)``; the token-wise layers are vmapped over the sequence."""
+        per_token = BlockLayers(*(jax.vmap(layer) for layer in self.layers[:-1]), head=self.layers.head)
+        return block_forward(x, self.heads, per_token, with_keys(self.drops, key))
+
+
+def eqx_run(
+    model_cls: type, cfg: Any, dropout: type, deterministic: bool, optimizer: optax.GradientTransformation
+) -> Run:
+    """A run of jitted Equinox training steps of ``model_cls(cfg, dropout, deterministic)``."""
+    params, static = eqx.partition(model_cls(cfg, dropout, deterministic, key=jax.random.key(0)), eqx.is_array)
+
+    def loss(params: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
+        model = eqx.combine(params, static)
+        return cross_entropy(jax.vmap(model)(x, jax.random.split(key, x.shape[0])), y)
+
+    return keyed_train_run(loss, params, optimizer, *cfg.data())
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """A library, its own Dropout and jdrop's drop-in for it, its models and its training-step runner."""
+
+    name: str
+    dropout: type
+    dropin: type
+    models: dict[str, type]
+    make_run: Callable[[type, Any, type, bool, optax.GradientTransformation], Run]
+
+
+DROPIN_CONFIGS: dict[str, MLPConfig | BlockConfig] = {"mlp": MLPConfig(), "block": BlockConfig()}
+HOSTS = (
+    Host("Flax NNX (nnx.Dropout)", nnx.Dropout, jdrop.nnx.Dropout, {"mlp": NnxMLP, "block": NnxBlock}, nnx_run),
+    Host("Flax linen (nn.Dropout)", nn.Dropout, jdrop.linen.Dropout, {"mlp": LinenMLP, "block": LinenBlock}, linen_run),
+    Host(
+        "Equinox (eqx.nn.Dropout)", eqx.nn.Dropout, jdrop.equinox.Dropout, {"mlp": EqxMLP, "block": EqxBlock}, eqx_run
+    ),
+)
+
+
+def bench_dropin(rounds: int, calls: int, min_round_seconds: float = 0.2) -> list[str]:
+    """Training-step time with the host's Dropout, with jdrop's drop-in, and without dropout."""
+    optimizer = optax.adam(1e-3)
+    lines = []
+    for model_name, cfg in DROPIN_CONFIGS.items():
+        rows = []
+        for host in HOSTS:
+            print(f"drop-in Dropout, {host.name}, {model_name}: one jitted adam step, rate {cfg.rate}")
+            model_cls = host.models[model_name]
+            runs = {
+                f"{host.name}, host Dropout": host.make_run(model_cls, cfg, host.dropout, False, optimizer),
+                f"{host.name}, jdrop drop-in": host.make_run(model_cls, cfg, host.dropin, False, optimizer),
+                f"{host.name}, no dropout": host.make_run(model_cls, cfg, host.dropout, True, optimizer),
+            }
+            theirs, ours, off = interleaved_medians(runs, rounds, calls, min_round_seconds).values()
+            rows.append(
+                f"| {host.name} | {theirs * 1e3:.2f} | {ours * 1e3:.2f} | {off * 1e3:.2f} "
+                f"| {theirs / off:.3f} | {ours / off:.3f} |"
+            )
+        lines += [
+            f"One jitted adam step of {cfg.describe()}; dropout rate {cfg.rate}; median ms per step. The same model "
+            "code with the host's Dropout, with jdrop's drop-in, and deterministic (overhead: time / no-dropout time).",
+            "",
+            "| library | host Dropout ms | jdrop drop-in ms | no dropout ms | host overhead (host/no-dropout) "
+            "| jdrop overhead (jdrop/no-dropout) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    return lines[:-1]
+
+
+SECTIONS = ("mask", "train", "memory", "dropin")
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7, at least 5)")
     parser.add_argument("--calls", type=int, default=3, help="least calls timed back to back per round (default 3)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.md"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["mask", "train", "memory"])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the report (default benchmarks/results.md; with --quick or --only, nowhere unless given)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections not to run")
+    which.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections, e.g. --only dropin")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 3 rounds of 1 call each (overrides --rounds and --calls)"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 5 or args.calls < 1:
         parser.error(f"--rounds must be >= 5 and --calls >= 1, got {args.rounds} and {args.calls}")
+    rounds, calls, min_round_seconds = (3, 1, 0.0) if args.quick else (args.rounds, args.calls, 0.2)
+    selected = (
+        [name for name in SECTIONS if name in args.only]
+        if args.only
+        else [name for name in SECTIONS if name not in args.skip]
+    )
+    out = args.out
+    if out is None and not (args.quick or args.only):
+        out = Path("benchmarks/results.md")
 
     header = [
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; medians of {args.rounds} interleaved "
-        f"rounds, each of at least {args.calls} calls and 0.2 s per candidate.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; medians of {rounds} interleaved "
+        f"rounds, each of at least {calls} calls and {min_round_seconds:g} s per candidate"
+        + (" (--quick: a smoke test, not a measurement)." if args.quick else "."),
         "",
     ]
     sections = []
-    if "mask" not in args.skip:
-        sections.append(bench_mask((4096, 1024), args.rounds, args.calls))
-    if "train" not in args.skip:
-        sections.append(bench_train_step((784, 1024, 1024, 10), 512, args.rounds, args.calls))
-    if "memory" not in args.skip:
+    if "mask" in selected:
+        sections.append(bench_mask((4096, 1024), rounds, calls, min_round_seconds))
+    if "train" in selected:
+        sections.append(bench_train_step((784, 1024, 1024, 10), 512, rounds, calls, min_round_seconds))
+    if "memory" in selected:
         sections.append(bench_memory((784, 2048, 2048, 2048, 10), 1024))
+    if "dropin" in selected:
+        sections.append(bench_dropin(rounds, calls, min_round_seconds))
     report = "\n".join(header + [line for section in sections for line in [*section, ""]])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
     print()
     print(report)
     return report
