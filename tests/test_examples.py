@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,3 +84,50 @@ def test_keep_prob_sweep_runs(tmp_path):
     assert rows[1]["mc_test_acc"] == pytest.approx(rows[1]["test_acc"], abs=1e-6)  # 1 in 1000 is 1e-3
     with pytest.raises(SystemExit):
         sweep.parse_args(["--keep-probs", "0"])
+
+
+@pytest.fixture(scope="module")
+def cnn_example():
+    return load("mnist1d_cnn")
+
+
+@pytest.mark.standard_promotion  # trains with optax.adam
+def test_cnn_short_run_learns_and_writes_results(cnn_example, tmp_path):
+    argv = ["--steps", "500", "--seeds", "1", "--eval-every", "250", "--out", str(tmp_path)]
+    results = cnn_example.main(argv)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert [(r["config"], r["seed"]) for r in saved] == [("none", 0), ("dropout", 0)]
+    none, dropout = saved
+    assert none["spatial_rate"] == none["rate"] == 0.0 and (dropout["spatial_rate"], dropout["rate"]) == (0.1, 0.5)
+    for row in saved:
+        assert row["curve"]["step"] == [250, 500]
+        assert row["curve"]["test_acc"][-1] == row["test_acc"]
+        for value in (*row["curve"]["train_acc"], *row["curve"]["test_acc"]):
+            assert 0.0 <= value <= 1.0
+        # 500 steps reach test accuracy 0.96-0.97 without dropout and 0.91-0.95
+        # with it (seeds 0-2, measured); chance is 0.1, and the dropout CNN
+        # with dropout on its logits as well reaches only 0.77-0.81.
+        assert row["test_acc"] > 0.85 and row["train_acc"] > 0.85
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = cnn_example.summary_table(results)
+    assert "| none |" in table and "| dropout |" in table
+
+
+def test_cnn_spatial_dropout_drops_whole_channels(cnn_example):
+    from flax import nnx
+
+    model = cnn_example.CNN([8, 8], [1, 2], spatial_rate=0.5, rate=0.5, rngs=nnx.Rngs(params=0))
+    h = model.spatial_dropout(jnp.ones((4, 40, 8)), rngs=nnx.Rngs(dropout=1))
+    # One mask value per (example, channel), shared along the length axis.
+    assert jnp.all(h == h[:, :1, :]) and set(np.unique(np.asarray(h)).tolist()) == {0.0, 2.0}
+    x = jnp.ones((4, 40))
+    evaluation = nnx.view(model, deterministic=True)
+    assert jnp.array_equal(evaluation(x), evaluation(x))
+    assert not jnp.array_equal(model(x, rngs=nnx.Rngs(dropout=1)), model(x, rngs=nnx.Rngs(dropout=2)))
+
+
+def test_cnn_bad_flags_are_rejected(cnn_example):
+    for argv in (["--rate", "1"], ["--spatial-rate", "-0.1"], ["--channels", "8", "8"], ["--lr-none", "0"]):
+        with pytest.raises(SystemExit):
+            cnn_example.parse_args(argv)
