@@ -22,6 +22,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(f"jdrop.{name}")
     raise AttributeError(f"module 'jdrop' has no attribute {name!r}")
 
+
 __all__ = [
     "ACTIVATIONS",
     "KEEP_PROB_BITS",
