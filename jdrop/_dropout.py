@@ -8,15 +8,14 @@ divided by it, so the expected output equals the input exactly.
 Why not ``jax.random.bernoulli``, as Flax, Haiku and Equinox use: it runs one
 threefry2x32 hash (20 rounds, 64 bits) per entry and keeps 32 of the bits; on
 CPU that is about 20 times the cost of reading and writing the array. jdrop
-asks JAX's generator for three seed words per call and draws each entry's 16
-bits from a cheap keyed hash of the entry's position (see :func:`_uniform16`),
-which costs about as much as the memory traffic. The counters are the entry's
-row and column, so masks do not depend on how ``x`` is laid out or sharded.
+asks JAX's generator for five key words per call and draws each entry's 16
+bits from a keyed hash of the entry's position (see :mod:`jdrop._generator`).
+The counters are the entry's row and column, so masks do not depend on how
+``x`` is laid out or sharded.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
@@ -25,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdrop._generator import uniform16
+
 __all__ = ["dropout", "dropout_mask", "effective_keep_prob"]
 
 #: Resolution of the keep probability: masks compare 16-bit uniforms.
 KEEP_PROB_BITS = 16
 _LEVELS = 1 << KEEP_PROB_BITS  # 65536
-_MAX_COUNTER = 1 << 32  # rows and columns are counted in uint32
 
 KeyLike = jax.Array  # a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)
 
@@ -154,58 +154,10 @@ def _as_key(key: KeyLike | None, name: str = "key") -> jax.Array:
     return key
 
 
-def _mix32(x: jax.Array) -> jax.Array:
-    """lowbias32 (C. Wellons, hash-prospector): an invertible uint32 mixer.
-
-    Flipping any input bit flips each output bit with probability very close
-    to 1/2 (its measured avalanche bias is among the lowest that search found
-    for two-multiply hashes), using two multiplies and three xor-shifts, all
-    of which vectorise on CPU and GPU.
-    """
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform integers in [0, 2**16) (as uint32), one per entry of ``shape``.
-
-    Three seed words come from ``jax.random.bits(key)`` (JAX's own generator,
-    whatever the key's implementation). Entry ``(row, col)``, where ``row`` is
-    the row-major index of the leading axes, gets the top 16 bits of
-
-        h = mix(mix((col ^ s1) + mix(row + s0)) ^ s2),
-
-    three rounds of an invertible mixer with a key word before each, as in a
-    key-alternating cipher. For a fixed row the map from ``col`` to ``h`` is a
-    bijection, so the entries of a row never share an input. Everything is
-    elementwise on iotas: no entry's bits depend on the array's layout, and a
-    device holding a shard computes only that shard's bits.
-    """
-    if not shape:
-        return _uniform16(key, (1,)).reshape(())
-    *lead, cols = shape
-    if math.prod(lead) >= _MAX_COUNTER or cols >= _MAX_COUNTER:
-        raise ValueError(f"shape {shape} is too large for the 32-bit counters of the mask generator.")
-    seeds = jax.random.bits(key, (3,), jnp.uint32)
-    row = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(lead))):
-        row = row + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-        stride *= lead[axis]
-    col = jax.lax.broadcasted_iota(jnp.uint32, shape, len(lead))
-    h = _mix32(row + seeds[0])
-    h = _mix32((col ^ seeds[1]) + h)
-    h = _mix32(h ^ seeds[2])
-    return h >> 16
-
-
 def _draw_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float | jax.Array) -> tuple[jax.Array, jax.Array]:
     """The keep-mask for a checked key and keep probability, and the effective keep probability."""
     threshold, effective = _threshold_and_effective(keep_prob)
-    return _uniform16(key, shape) < threshold, effective
+    return uniform16(key, shape) < threshold, effective
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:

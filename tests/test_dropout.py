@@ -10,7 +10,7 @@ import pytest
 from absl.testing import parameterized
 
 import jdrop
-from jdrop._dropout import _uniform16
+from jdrop._generator import uniform16 as _uniform16
 
 KEY = jax.random.key(0)
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
