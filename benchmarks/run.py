@@ -7,9 +7,9 @@ back-to-back calls, and the tables report the median per-call time and ratios
 taken from those medians. Memory is XLA's compile-time
 ``memory_analysis().temp_size_in_bytes`` of the jitted gradient: no noise.
 
-The tables are printed as Markdown and written to ``--out`` (by default
-``benchmarks/results.md``; with ``--quick`` or ``--only`` only if ``--out`` is
-given). ``--only dropin --quick`` smoke-tests the drop-in section alone.
+The tables are printed as Markdown; ``--write`` also writes them to
+``benchmarks/results.md`` (the file the README quotes), ``--out PATH``
+elsewhere. Without either, no file is touched. ``--only dropin --quick`` smoke-tests the drop-in section alone.
 """
 
 from __future__ import annotations
@@ -648,11 +648,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7, at least 5)")
     parser.add_argument("--calls", type=int, default=3, help="least calls timed back to back per round (default 3)")
+    parser.add_argument("--out", type=Path, default=None, help="write the report to this file")
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="where to write the report (default benchmarks/results.md; with --quick or --only, nowhere unless given)",
+        "--write", action="store_true", help="write the report to benchmarks/results.md (the README's tables)"
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections not to run")
@@ -669,9 +667,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         if args.only
         else [name for name in SECTIONS if name not in args.skip]
     )
-    out = args.out
-    if out is None and not (args.quick or args.only):
-        out = Path("benchmarks/results.md")
+    if args.write and args.out is not None:
+        parser.error("give --write or --out, not both")
+    out = Path(__file__).resolve().parent / "results.md" if args.write else args.out
 
     header = [
         f"Measured {datetime.date.today().isoformat()} on {machine()}; medians of {rounds} interleaved "

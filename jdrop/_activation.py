@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jdrop._dropout import (
     KeyLike,
@@ -79,8 +80,8 @@ def _fused_jvp(
 
 def activation_dropout(
     key: KeyLike | None,
-    x: jax.Array,
-    keep_prob: float | jax.Array,
+    x: ArrayLike,
+    keep_prob: ArrayLike,
     *,
     activation: Activation = "relu",
     deterministic: bool = False,

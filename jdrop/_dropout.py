@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jdrop._generator import uniform16
 
@@ -35,7 +36,7 @@ _LEVELS = 1 << KEEP_PROB_BITS  # 65536
 KeyLike = jax.Array  # a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)
 
 
-def _check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> float | None:
+def _check_keep_prob(keep_prob: ArrayLike, name: str = "keep_prob") -> float | None:
     """Validates ``keep_prob``; returns it as a float, or None when it is traced.
 
     A traced value cannot be checked while tracing;
@@ -56,8 +57,9 @@ def _check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> f
         array = np.asarray(keep_prob)
         if array.shape != ():
             raise ValueError(f"{name} must be a scalar, got an array of shape {array.shape}.")
+        # jnp.issubdtype knows bfloat16 and the other ml_dtypes; np.issubdtype does not.
         if array.dtype == np.bool_ or not (
-            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+            jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)
         ):
             raise TypeError(f"{name} must be a real number in (0, 1], got dtype {array.dtype}.")
         value = float(array)
@@ -67,10 +69,10 @@ def _check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> f
     return value
 
 
-def _threshold_and_effective(keep_prob: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+def _threshold_and_effective(keep_prob: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Returns the uint32 threshold ``t`` and the float32 effective keep probability ``t / 2**16``.
 
-    ``t = round(keep_prob * 2**16)``, but at least 1 for any positive
+    ``t = round(float32(keep_prob) * 2**16)``, but at least 1 for any positive
     ``keep_prob``: a positive keep probability never silently becomes "drop
     everything", and the error stays below ``2**-16``. A traced 0.0 gives
     ``t = 0`` (drop everything). A traced value outside [0, 1] or NaN cannot
@@ -78,8 +80,12 @@ def _threshold_and_effective(keep_prob: float | jax.Array) -> tuple[jax.Array, j
     output becomes NaN rather than a plausible wrong number.
     """
     if not isinstance(keep_prob, jax.core.Tracer):
-        # Concrete and already validated: do the arithmetic in Python, no device work.
-        threshold = max(1, round(float(keep_prob) * _LEVELS))
+        # Concrete and already validated: do the arithmetic in Python, no device
+        # work, but from the float32 value, as the traced path below does, so
+        # that a keep probability gives the same mask whether it is passed as
+        # a Python float or through jit (where it becomes float32). p * 2**16
+        # is exact in both, and both round half to even.
+        threshold = max(1, round(float(np.asarray(keep_prob, np.float32)) * _LEVELS))
         return jnp.uint32(threshold), jnp.float32(threshold / _LEVELS)
     p = keep_prob.astype(jnp.float32)
     valid = (p >= 0.0) & (p <= 1.0)  # False for NaN
@@ -89,7 +95,7 @@ def _threshold_and_effective(keep_prob: float | jax.Array) -> tuple[jax.Array, j
     return t.astype(jnp.uint32), effective
 
 
-def effective_keep_prob(keep_prob: float | jax.Array) -> jax.Array:
+def effective_keep_prob(keep_prob: ArrayLike) -> jax.Array:
     r"""The keep probability that :func:`dropout` realises for ``keep_prob``.
 
     Masks compare 16-bit uniform integers with a threshold, so the keep
@@ -154,7 +160,7 @@ def _as_key(key: KeyLike | None, name: str = "key") -> jax.Array:
     return key
 
 
-def _draw_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+def _draw_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """The keep-mask for a checked key and keep probability, and the effective keep probability."""
     threshold, effective = _threshold_and_effective(keep_prob)
     return uniform16(key, shape) < threshold, effective
@@ -170,7 +176,7 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: float | jax.Array) -> jax.Array:
+def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> jax.Array:
     r"""The boolean keep-mask (True = keep) that :func:`dropout` draws for ``key``.
 
     Each entry is kept independently with probability
@@ -205,6 +211,11 @@ def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: float | jax.Arra
 
 
 def _check_broadcast_dims(broadcast_dims: Sequence[int], ndim: int) -> frozenset[int]:
+    if isinstance(broadcast_dims, str) or not isinstance(broadcast_dims, Sequence | set | frozenset):
+        raise TypeError(
+            f"broadcast_dims must be a sequence of axes, e.g. (1,) to share the mask along axis 1, "
+            f"got {broadcast_dims!r}."
+        )
     axes: set[int] = set()
     for axis in broadcast_dims:
         if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
@@ -241,8 +252,8 @@ def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
 
 def dropout(
     key: KeyLike | None,
-    x: jax.Array,
-    keep_prob: float | jax.Array,
+    x: ArrayLike,
+    keep_prob: ArrayLike,
     *,
     deterministic: bool = False,
     broadcast_dims: Sequence[int] = (),

@@ -78,6 +78,8 @@ def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """
     if not shape:
         return uniform16(key, (1,)).reshape(())
+    if math.prod(shape) == 0:  # nothing to draw, whatever the other sizes
+        return jnp.zeros(shape, jnp.uint32)
     *lead, cols = shape
     if math.prod(lead) >= MAX_COUNTER or cols >= MAX_COUNTER:
         raise ValueError(f"shape {shape} is too large for the 32-bit counters of the mask generator.")

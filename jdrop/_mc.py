@@ -18,7 +18,7 @@ __all__ = ["MCPrediction", "mc_predict"]
 
 
 class MCPrediction(NamedTuple):
-    r"""Monte Carlo dropout predictions for a batch; every field is float32.
+    r"""Monte Carlo dropout predictions for a batch; every field is float32 (float64 for float64 logits).
 
     With :math:`p_s` the class probabilities of sample :math:`s = 1..S` and
     :math:`H(p) = -\sum_c p_c \log p_c`:
@@ -70,7 +70,8 @@ def _mc_predict(
 ) -> MCPrediction:
     def probs_of(sample_key: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = apply_fn(params, x, sample_key)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        # At least float32: float64 logits (jax_enable_x64) keep their precision.
+        probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
         # The same formula as for the mean, so that identical samples give
         # exactly zero mutual information.
         return probs, _entropy(probs)
@@ -88,7 +89,7 @@ def _mc_predict(
         num_chunks * chunk_size - num_samples,
     )
     padded = jnp.concatenate([keys, padding])
-    weights = (jnp.arange(num_chunks * chunk_size) < num_samples).astype(jnp.float32)
+    weights = (jnp.arange(num_chunks * chunk_size) < num_samples).astype(reference_probs.dtype)
 
     def add_chunk(
         sums: tuple[jax.Array, jax.Array, jax.Array], chunk: tuple[jax.Array, jax.Array]

@@ -8,6 +8,8 @@ from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation, activation_dropout
 from jdrop._dropout import _as_key, _check_deterministic, _check_floating, _check_keep_prob, dropout
@@ -23,6 +25,14 @@ def _check_layer_keep_probs(
     keep_probs: Sequence[float | jax.Array] | None, num_layers: int
 ) -> tuple[tuple[float | jax.Array, ...], list[float | None]]:
     """One keep probability per layer (all 1.0 for None), and their concrete values (None where traced)."""
+    sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
+    if keep_probs is not None and not (
+        sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)
+    ):
+        raise TypeError(
+            f"keep_probs must be a sequence with one keep probability per layer, e.g. (1.0, 0.5, 0.5), "
+            f"got {keep_probs!r}."
+        )
     keep = (1.0,) * num_layers if keep_probs is None else tuple(keep_probs)
     if len(keep) != num_layers:
         raise ValueError(
@@ -129,7 +139,7 @@ def mlp_init(
 
 def mlp_apply(
     params: Params,
-    x: jax.Array,
+    x: ArrayLike,
     *,
     key: jax.Array | None = None,
     keep_probs: Sequence[float | jax.Array] | None = None,

@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation
 from jdrop._dropout import _as_key, _check_keep_prob
@@ -33,6 +35,11 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: optax.OptState
     step: jax.Array
+
+
+def _compute_dtype(array: jax.Array) -> jnp.dtype:
+    """At least float32: float64 stays float64 (with jax_enable_x64), bfloat16 and float16 become float32."""
+    return jnp.promote_types(array.dtype, jnp.float32)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
@@ -71,7 +78,7 @@ def l2_penalty(params: Params, l2: float, num_examples: int | jax.Array) -> jax.
       num_examples: :math:`m`.
 
     Returns:
-      A float32 scalar.
+      A scalar in the weights' precision, at least float32.
 
     Example:
       >>> params = [{"w": jnp.ones((2, 3)), "b": jnp.ones(3)}]
@@ -79,8 +86,9 @@ def l2_penalty(params: Params, l2: float, num_examples: int | jax.Array) -> jax.
       0.5
     """
     _check_mlp_params(params, "jdrop.l2_penalty")
-    squares = sum(jnp.sum(jnp.square(layer["w"].astype(jnp.float32))) for layer in params)
-    return jnp.asarray(l2 / (2 * num_examples) * squares, jnp.float32)
+    dtype = _compute_dtype(params[0]["w"])
+    squares = sum(jnp.sum(jnp.square(layer["w"].astype(dtype))) for layer in params)
+    return jnp.asarray(l2 / (2 * num_examples) * squares, dtype)
 
 
 def _check_l2(l2: float) -> float:
@@ -101,7 +109,7 @@ def _loss(
     deterministic: bool,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     logits = mlp_apply(params, x, key=key, keep_probs=keep_probs, deterministic=deterministic, activation=activation)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(_compute_dtype(logits)), y).mean()
     loss = cross_entropy + l2_penalty(params, l2, y.shape[0]) if l2 else cross_entropy
     return loss, (cross_entropy, logits)
 
@@ -119,7 +127,8 @@ LossFn = Callable[..., Any]
 
 def _check_keep_probs(keep_probs: Sequence[KeepProb]) -> tuple[KeepProb, ...]:
     """Checks numbers now, and schedules at step 0 (later steps run traced)."""
-    if isinstance(keep_probs, str) or not isinstance(keep_probs, Sequence):
+    sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
+    if not (sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)):
         raise TypeError(
             f"keep_probs must be a sequence with one keep probability or schedule per layer, got {keep_probs!r}."
         )
@@ -277,6 +286,7 @@ def make_train_step(
         if loss_fn is not None:
             return _call_loss_fn(loss_fn, params, x, y, key, keep)
         _check_mlp_params(params, "make_train_step without loss_fn")
+        x, y = jnp.asarray(x), jnp.asarray(y)  # Python lists, as anywhere in jax.numpy
         loss, (cross_entropy, logits) = _loss(
             params, x, y, key, keep_probs=keep, activation=activation, l2=l2, deterministic=False
         )
@@ -305,7 +315,7 @@ def _metrics_of_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
             f"evaluate needs logits of shape (..., classes) and integer labels of shape (...): got logits of "
             f"shape {logits.shape} and labels of shape {y.shape} and dtype {y.dtype}."
         )
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits.astype(_compute_dtype(logits)), y).mean()
     return {"cross_entropy": cross_entropy, "accuracy": _accuracy(logits, y)}
 
 
@@ -323,7 +333,7 @@ def _evaluate(
 def evaluate(
     params: Any,
     x: Any,
-    y: jax.Array,
+    y: ArrayLike,
     *,
     apply_fn: Callable[[Any, Any], jax.Array] | None = None,
     activation: Activation = "relu",
@@ -341,7 +351,8 @@ def evaluate(
       activation: the MLP's activation, as in training.
 
     Returns:
-      ``{"cross_entropy": ..., "accuracy": ...}``, float32 scalars.
+      ``{"cross_entropy": ..., "accuracy": ...}``: scalars in the logits'
+      precision, at least float32 (accuracy is float32).
 
     Raises:
       TypeError: if, without ``apply_fn``, ``params`` did not come from
