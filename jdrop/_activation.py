@@ -9,16 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jdrop._dropout import (
-    KeyLike,
-    _as_key,
-    _check_deterministic,
-    _check_floating,
-    _check_keep_prob,
-    _draw_mask,
-    _scale_kept,
-    dropout,
-)
+from jdrop._checks import KeyLike, _as_key, _check_deterministic, _check_floating, _check_keep_prob
+from jdrop._dropout import _draw_mask, _scale_kept, dropout
 
 __all__ = ["ACTIVATIONS", "Activation", "activation_dropout"]
 
@@ -123,8 +115,9 @@ def activation_dropout(
     Example:
       >>> z = jnp.array([[-1.0, 0.5, 2.0, 3.0]])
       >>> key = jax.random.key(0)
+      >>> same_key = jax.random.clone(key)  # the same mask on purpose
       >>> fused = jdrop.activation_dropout(key, z, 0.5, activation="relu")
-      >>> bool(jnp.all(fused == jdrop.dropout(key, jax.nn.relu(z), 0.5)))
+      >>> bool(jnp.all(fused == jdrop.dropout(same_key, jax.nn.relu(z), 0.5)))
       True
     """
     act = _resolve_activation(activation)

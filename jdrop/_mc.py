@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jdrop._activation import Activation, _resolve_activation
-from jdrop._dropout import _as_key
+from jdrop._checks import _as_key, _check_count
 from jdrop._mlp import Params, _check_layer_keep_probs, _check_mlp_params, mlp_apply
 
 __all__ = ["MCPrediction", "mc_predict"]
@@ -120,11 +119,6 @@ def _mc_predict(
         mutual_information=jnp.maximum(predictive_entropy - expected_entropy, 0.0),
         std=jnp.sqrt(variance),
     )
-
-
-def _check_count(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
 
 
 def mc_predict(

@@ -12,7 +12,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation, activation_dropout
-from jdrop._dropout import _as_key, _check_deterministic, _check_floating, _check_keep_prob, dropout
+from jdrop._checks import _as_key, _check_deterministic, _check_floating, _check_keep_prob
+from jdrop._dropout import dropout
 
 __all__ = ["Params", "mlp_apply", "mlp_init"]
 

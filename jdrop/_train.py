@@ -14,7 +14,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation
-from jdrop._dropout import _as_key, _check_keep_prob
+from jdrop._checks import _as_key, _check_keep_prob
 from jdrop._mlp import Params, _check_mlp_params, mlp_apply
 
 __all__ = ["TrainState", "evaluate", "init_train_state", "l2_penalty", "make_train_step"]

@@ -14,7 +14,8 @@ import warnings
 import equinox as eqx
 import jax
 
-from jdrop._dropout import _check_rate, _dropout_at_rate
+from jdrop._checks import _check_rate
+from jdrop._dropout import _dropout_at_rate
 
 __all__ = ["Dropout"]
 

@@ -14,7 +14,8 @@ import jax
 from flax import linen
 from flax.linen.module import compact, merge_param
 
-from jdrop._dropout import _check_rate, _dropout_at_rate
+from jdrop._checks import _check_rate
+from jdrop._dropout import _dropout_at_rate
 
 __all__ = ["Dropout"]
 

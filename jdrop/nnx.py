@@ -14,7 +14,8 @@ from flax import nnx
 from flax.nnx import rnglib
 from flax.nnx.module import first_from
 
-from jdrop._dropout import _check_rate, _dropout_at_rate
+from jdrop._checks import _check_rate
+from jdrop._dropout import _dropout_at_rate
 
 __all__ = ["Dropout"]
 
