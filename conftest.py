@@ -1,4 +1,4 @@
-"""Test-wide settings: strict dtype promotion, and names for the doctests."""
+"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, and names for the doctests."""
 
 from collections.abc import Iterator
 
@@ -8,6 +8,15 @@ import optax
 import pytest
 
 import jdrop
+
+# Every test, doctest, fixture and module-level statement runs with JAX's
+# key-reuse checker: consuming a concrete key twice (eagerly, or by passing it
+# to jitted code that consumes it) raises jax.errors.KeyReuseError. A test that
+# means to draw the same bits twice says so with jax.random.clone(key). Set
+# here, at import time, rather than in a fixture, so that it also covers
+# module-level code and module-scoped fixtures, which run outside
+# function-scoped fixtures.
+jax.config.update("jax_debug_key_reuse", True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -38,11 +38,16 @@ KEEP_HALF = 1 << 15  # the threshold of keep probability 0.5
 
 
 def _draw(rounds: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """``(key, row, col) -> uint32 uniforms``: the library's function, at ``rounds``."""
+    """``(key, row, col) -> uint32 uniforms``: the library's function, at ``rounds``.
+
+    ``key`` may also be a draw's key words (``_generator.seeds_of(key)``): the
+    bigarray modes compute one draw's words once and its rows chunk by chunk.
+    """
 
     @jax.jit
     def draw(key: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
-        return _generator.hash16(_generator.seeds_of(key), row, col, rounds)
+        seeds = key if key.dtype == jnp.uint32 else _generator.seeds_of(key)
+        return _generator.hash16(seeds, row, col, rounds)
 
     return draw
 
@@ -58,8 +63,9 @@ def chunks(mode: str, seed: int = 0, rounds: int = _generator.ROUNDS) -> Iterato
     base = jax.random.key(seed)
     square = _grid(SIDE, SIDE)
     if mode in ("bigarray", "bigbits"):
+        seeds = _generator.seeds_of(base)  # one key, one draw: its rows come chunk by chunk
         for first_row in range(0, _generator.MAX_COUNTER, CHUNK_ROWS):
-            values = np.asarray(draw(base, *_grid(CHUNK_ROWS, SIDE, first_row)))
+            values = np.asarray(draw(seeds, *_grid(CHUNK_ROWS, SIDE, first_row)))
             yield values.astype(np.uint16) if mode == "bigarray" else np.packbits(values < KEEP_HALF)
         raise RuntimeError("the bigarray draw has used every row counter")
     for i in range(1 << 62):

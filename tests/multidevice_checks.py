@@ -19,6 +19,11 @@ def main() -> None:
 
     import jdrop
 
+    # The key-reuse checker, as in the rest of the suite (conftest.py). The
+    # comparisons below reuse `key` on purpose, so every call that consumes it
+    # after the first gets a clone (the training steps fold the step count
+    # into it, which consumes nothing).
+    jax.config.update("jax_debug_key_reuse", True)
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.make_mesh((4, 2), ("a", "b"))
     key = jax.random.key(0)
@@ -37,9 +42,9 @@ def main() -> None:
     fused = jax.jit(lambda k, x: jdrop.activation_dropout(k, x, 0.7, activation="tanh"))
     reference = {
         "dropout": drop(key, x),
-        "activation_dropout": fused(key, x),
-        "mask": jdrop.dropout_mask(key, x.shape, 0.7),
-        "mlp": apply(params, x_int, key),
+        "activation_dropout": fused(jax.random.clone(key), x),
+        "mask": jdrop.dropout_mask(jax.random.clone(key), x.shape, 0.7),
+        "mlp": apply(params, x_int, jax.random.clone(key)),
     }
     layouts = {
         "batch": P(("a", "b"), None),
@@ -51,15 +56,17 @@ def main() -> None:
     for name, spec in layouts.items():
         sharding = NamedSharding(mesh, spec)
         xs, xs_int = jax.device_put(x, sharding), jax.device_put(x_int, sharding)
-        mask = jax.jit(lambda k: jdrop.dropout_mask(k, x.shape, 0.7), out_shardings=sharding)(key)
+        mask = jax.jit(lambda k: jdrop.dropout_mask(k, x.shape, 0.7), out_shardings=sharding)(jax.random.clone(key))
         hlo = drop.lower(key, xs).compile().as_text()
         shard = xs.addressable_shards[0].data.shape
         results["layouts"][name] = {
-            "dropout": bool(np.array_equal(drop(key, xs), reference["dropout"])),
-            "activation_dropout": bool(np.array_equal(fused(key, xs), reference["activation_dropout"])),
+            "dropout": bool(np.array_equal(drop(jax.random.clone(key), xs), reference["dropout"])),
+            "activation_dropout": bool(
+                np.array_equal(fused(jax.random.clone(key), xs), reference["activation_dropout"])
+            ),
             "mask": bool(np.array_equal(mask, reference["mask"])),
             "mask_sharding_kept": mask.sharding.is_equivalent_to(sharding, 2),
-            "mlp": bool(np.array_equal(apply(params, xs_int, key), reference["mlp"])),
+            "mlp": bool(np.array_equal(apply(params, xs_int, jax.random.clone(key)), reference["mlp"])),
             "collectives": [op for op in COLLECTIVES if op in hlo],
             "shard_shape_in_hlo": f"f32[{shard[0]},{shard[1]}]" in hlo,
             "full_shape_in_hlo": "f32[64,48]" in hlo,

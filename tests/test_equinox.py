@@ -19,8 +19,6 @@ from dropin_helpers import (
 import jdrop
 import jdrop.equinox
 
-KEY = jax.random.key(0)
-
 
 @pytest.fixture
 def getkey():
@@ -76,15 +74,15 @@ def test_equinox_dropout_deterministic(getkey):
 
 @pytest.mark.parametrize(("p", "shape"), [(0.5, (8, 33)), (0.1, (3, 5, 7)), (0.9, (100,))])
 def test_mask_is_jdrops_for_the_key_bit_for_bit(p, shape):
-    x = jax.random.normal(KEY, shape)
+    x = jax.random.normal(jax.random.key(0), shape)
     key = jax.random.key(5)
-    bit_identical(jdrop.equinox.Dropout(p)(x, key=key), jdrop.dropout(key, x, 1 - p))
+    bit_identical(jdrop.equinox.Dropout(p)(x, key=key), jdrop.dropout(jax.random.clone(key), x, 1 - p))
     raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
     bit_identical(jdrop.equinox.Dropout(p)(x, key=raw_key), jdrop.dropout(raw_key, x, 1 - p))
 
 
 def test_is_an_equinox_dropout_toggled_by_inference_mode():
-    model = eqx.nn.Sequential([eqx.nn.Linear(4, 8, key=KEY), jdrop.equinox.Dropout(0.5)])
+    model = eqx.nn.Sequential([eqx.nn.Linear(4, 8, key=jax.random.key(0)), jdrop.equinox.Dropout(0.5)])
     assert isinstance(model.layers[1], eqx.nn.Dropout)
     x = jnp.ones(4)
     plain = model.layers[0](x)
@@ -92,27 +90,32 @@ def test_is_an_equinox_dropout_toggled_by_inference_mode():
     assert evaluation.layers[1].inference
     bit_identical(evaluation(x), plain)
     training = eqx.nn.inference_mode(evaluation, value=False)
-    dropout_key = jax.random.split(jax.random.key(1), 2)[1]  # Sequential splits its key over its layers
-    bit_identical(training(x, key=jax.random.key(1)), jdrop.dropout(dropout_key, plain, 0.5))
+    key = jax.random.key(1)
+    out = training(x, key=key)
+    dropout_key = jax.random.split(jax.random.clone(key), 2)[1]  # Sequential splits its key over its layers
+    bit_identical(out, jdrop.dropout(dropout_key, plain, 0.5))
 
 
 def test_p_zero_is_the_identity_and_p_one_gives_zeros_with_zero_gradients():
-    x = jax.random.normal(KEY, (20, 20))
+    x = jax.random.normal(jax.random.key(0), (20, 20))
     assert jdrop.equinox.Dropout(0.0)(x) is x  # no key needed, as in Equinox
     one = jdrop.equinox.Dropout(1.0)
-    bit_identical(one(x, key=KEY), jnp.zeros_like(x))
-    bit_identical(jax.grad(lambda x: jnp.sum(one(x, key=KEY)))(x), jnp.zeros_like(x))
+    key = jax.random.key(1)  # never consumed: p = 1 draws no mask
+    bit_identical(one(x, key=key), jnp.zeros_like(x))
+    bit_identical(jax.grad(lambda x: jnp.sum(one(x, key=key)))(x), jnp.zeros_like(x))
 
 
 def test_p_as_an_array_field_is_traced_under_filter_jit_and_gets_no_gradient():
     layer = jdrop.equinox.Dropout(jnp.asarray(0.25))
-    x = jax.random.normal(KEY, (64, 64))
+    x = jax.random.normal(jax.random.key(0), (64, 64))
     key = jax.random.key(2)
-    out = eqx.filter_jit(lambda layer, x: layer(x, key=key))(layer, x)
-    bit_identical(out, jdrop.dropout(key, x, 0.75))
-    grads = eqx.filter_grad(lambda layer: jnp.sum(layer(x, key=key)))(layer)
+    out = eqx.filter_jit(lambda layer, x, key: layer(x, key=key))(layer, x, key)
+    bit_identical(out, jdrop.dropout(jax.random.clone(key), x, 0.75))
+    grads = eqx.filter_grad(lambda layer, key: jnp.sum(layer(x, key=key)))(layer, jax.random.clone(key))
     assert float(grads.p) == 0.0
-    zero = eqx.filter_jit(lambda layer, x: layer(x, key=key))(jdrop.equinox.Dropout(jnp.asarray(1.0)), x)
+    zero = eqx.filter_jit(lambda layer, x, key: layer(x, key=key))(
+        jdrop.equinox.Dropout(jnp.asarray(1.0)), x, jax.random.clone(key)
+    )
     bit_identical(zero, jnp.zeros_like(x))  # a traced p of 1 drops everything, as a concrete one does
 
 
@@ -128,28 +131,30 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match=r"needs a key when dropout is active.*inference_mode"):
         jdrop.equinox.Dropout(0.5)(jnp.ones(3))
     with pytest.raises(TypeError, match="inputs must have a floating dtype"):
-        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.int32), key=KEY)
+        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.int32), key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_dtypes_gradients_and_forward_mode_follow_the_mask(dtype):
-    x = jax.random.normal(KEY, (16, 12)).astype(dtype)
+    x = jax.random.normal(jax.random.key(0), (16, 12)).astype(dtype)
     layer = jdrop.equinox.Dropout(0.4)
+    # One key throughout: every call below must draw the same mask.
     key = jax.random.key(4)
     y = layer(x, key=key)
     chex.assert_type(y, dtype)
-    bit_identical(y, jdrop.dropout(key, x, 0.6))
-    mask = jdrop.dropout_mask(key, x.shape, 0.6)
+    bit_identical(y, jdrop.dropout(jax.random.clone(key), x, 0.6))
+    mask = jdrop.dropout_mask(jax.random.clone(key), x.shape, 0.6)
     scale = jnp.asarray(1 / float(jdrop.effective_keep_prob(0.6)), dtype)
-    grads = jax.grad(lambda x: jnp.sum(layer(x, key=key).astype(jnp.float32)))(x)
+    grad_key, jvp_key = jax.random.clone(key), jax.random.clone(key)
+    grads = jax.grad(lambda x: jnp.sum(layer(x, key=grad_key).astype(jnp.float32)))(x)
     bit_identical(grads, jnp.where(mask, scale, jnp.zeros((), dtype)))
-    _, tangent = jax.jvp(lambda x: layer(x, key=key), (x,), (jnp.ones_like(x),))
+    _, tangent = jax.jvp(lambda x: layer(x, key=jvp_key), (x,), (jnp.ones_like(x),))
     bit_identical(tangent, grads)
 
 
 def test_filter_vmap_over_per_example_keys_under_filter_jit():
     layer = jdrop.equinox.Dropout(0.5)
-    x = jax.random.normal(KEY, (6, 10))
+    x = jax.random.normal(jax.random.key(0), (6, 10))
     keys = jax.random.split(jax.random.key(3), 6)
 
     @eqx.filter_jit
@@ -157,7 +162,7 @@ def test_filter_vmap_over_per_example_keys_under_filter_jit():
         return eqx.filter_vmap(lambda x, key: layer(x, key=key))(x, keys)
 
     out = per_example(layer, x, keys)
-    for row, key in enumerate(keys):
+    for row, key in enumerate(jax.random.clone(keys)):
         bit_identical(out[row], jdrop.dropout(key, x[row], 0.5))
 
 
@@ -179,7 +184,9 @@ class MLP(eqx.Module):
 
 def train_mlp(dropout_cls, train, test):
     """Test accuracies of the Equinox MLP with ``dropout_cls``, one per seed (per-example keys, the Equinox idiom)."""
-    models = eqx.filter_vmap(lambda key: MLP(dropout_cls, key))(jnp.stack([jax.random.key(s) for s in SEEDS]))
+    # jax.vmap(jax.random.key), not jnp.stack of keys: the key-reuse checker has
+    # no rule for stack, and takes the stacked keys as consumed.
+    models = eqx.filter_vmap(lambda key: MLP(dropout_cls, key))(jax.vmap(jax.random.key)(jnp.asarray(SEEDS)))
     params, static = eqx.partition(models, eqx.is_inexact_array)
 
     def loss_fn(params, x, y, key, keep_probs):

@@ -12,7 +12,6 @@ import pytest
 import jdrop
 from jdrop import _generator
 
-KEY = jax.random.key(0)
 STREAMS = Path(__file__).resolve().parents[1] / "benchmarks" / "rng_streams.py"
 
 
@@ -26,7 +25,11 @@ def mix_numpy(x):
 
 
 def reference(key, shape, rounds=_generator.ROUNDS):
-    """The module docstring's formula, written independently in NumPy."""
+    """The module docstring's formula, written independently in NumPy.
+
+    It draws the key words itself, so callers pass a clone of the key they
+    give the generator: the same bits twice, on purpose.
+    """
     s = np.asarray(jax.random.bits(key, (2 + _generator.ROUNDS,), jnp.uint32))
     lead, cols = shape[:-1], shape[-1]
     row = np.arange(int(np.prod(lead)), dtype=np.uint32).reshape(*lead, 1)
@@ -40,8 +43,10 @@ def reference(key, shape, rounds=_generator.ROUNDS):
 
 @pytest.mark.parametrize("shape", [(7,), (33, 17), (3, 5, 12), (1 << 12, 1), (2, 3, 4, 5)])
 def test_values_are_the_documented_formula(shape):
-    np.testing.assert_array_equal(np.asarray(_generator.uniform16(KEY, shape)), reference(KEY, shape))
-    np.testing.assert_array_equal(np.asarray(_generator.uniform16(KEY, ())), reference(KEY, (1,)).reshape(()))
+    key, scalar_key = jax.random.key(0), jax.random.key(1)
+    expected, expected_scalar = reference(jax.random.clone(key), shape), reference(jax.random.clone(scalar_key), (1,))
+    np.testing.assert_array_equal(np.asarray(_generator.uniform16(key, shape)), expected)
+    np.testing.assert_array_equal(np.asarray(_generator.uniform16(scalar_key, ())), expected_scalar.reshape(()))
 
 
 def test_the_mask_compares_these_uniforms_with_the_threshold():
@@ -66,10 +71,12 @@ def test_no_four_entry_window_repeats_anywhere_in_a_large_draw():
 
 
 def test_fewer_rounds_give_other_values_so_the_audit_measures_the_real_margin():
-    full = np.asarray(_generator.hash16(_generator.seeds_of(KEY), *_grid(8, 8)))
+    key = jax.random.key(0)
+    seeds = _generator.seeds_of(jax.random.clone(key))  # words, not a key: reused freely below
+    full = np.asarray(_generator.hash16(seeds, *_grid(8, 8)))
     for rounds in range(_generator.ROUNDS):
-        fewer = np.asarray(_generator.hash16(_generator.seeds_of(KEY), *_grid(8, 8), rounds))
-        np.testing.assert_array_equal(fewer, reference(KEY, (8, 8), rounds))
+        fewer = np.asarray(_generator.hash16(seeds, *_grid(8, 8), rounds))
+        np.testing.assert_array_equal(fewer, reference(jax.random.clone(key), (8, 8), rounds))
         assert not np.array_equal(fewer, full)
 
 
@@ -79,7 +86,7 @@ def _grid(rows, cols):
 
 def test_too_large_shapes_name_the_limit():
     with pytest.raises(ValueError, match="too large for the 32-bit counters"):
-        jax.eval_shape(lambda: _generator.uniform16(KEY, (1 << 16, 1 << 16, 2)))
+        jax.eval_shape(lambda: _generator.uniform16(jax.random.key(0), (1 << 16, 1 << 16, 2)))
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +105,12 @@ def test_streams_carry_exactly_the_library_values(streams):
     base = jax.random.key(5)
     side = streams.SIDE
     first, second = first_chunks(streams, "bigarray", 2)
-    whole = np.asarray(_generator.uniform16(base, (2 * streams.CHUNK_ROWS, side))).astype(np.uint16)
+    # The streams derive their keys from the same seed: the library's draws here clone it on purpose.
+    whole = np.asarray(_generator.uniform16(jax.random.clone(base), (2 * streams.CHUNK_ROWS, side)))
+    whole = whole.astype(np.uint16)
     np.testing.assert_array_equal(np.concatenate([first, second]), whole)
     (bits,) = first_chunks(streams, "bigbits", 1)
-    mask = np.asarray(jdrop.dropout_mask(base, (streams.CHUNK_ROWS, side), 0.5))
+    mask = np.asarray(jdrop.dropout_mask(jax.random.clone(base), (streams.CHUNK_ROWS, side), 0.5))
     np.testing.assert_array_equal(np.unpackbits(bits).reshape(mask.shape), mask)
     draws = [np.asarray(_generator.uniform16(jax.random.fold_in(base, i), (side, side))) for i in range(2)]
     np.testing.assert_array_equal(np.concatenate(first_chunks(streams, "rowmajor", 2)), np.concatenate(draws, None))

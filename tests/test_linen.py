@@ -21,8 +21,6 @@ from dropin_helpers import (
 import jdrop
 import jdrop.linen
 
-KEY = jax.random.key(0)
-
 
 class FlaxDropoutTests(parameterized.TestCase):
     """Flax's own tests of linen.Dropout (google/flax, tests/linen/linen_test.py,
@@ -109,16 +107,16 @@ class FlaxDropoutTests(parameterized.TestCase):
     ("rate", "broadcast_dims", "shape"), [(0.5, (), (8, 33)), (0.1, (), (3, 5, 7)), (0.75, (1,), (4, 6, 5))]
 )
 def test_mask_is_jdrops_for_make_rngs_key_bit_for_bit(rate, broadcast_dims, shape):
-    x = jax.random.normal(KEY, shape)
+    x = jax.random.normal(jax.random.key(0), shape)
     key = jax.random.key(5)
 
     # With rng= the key is used as given; through make_rng it is the key that
     # make_rng("dropout") gives the module's scope, drawn here the same way.
     layer = jdrop.linen.Dropout(rate, broadcast_dims=broadcast_dims)
     expected = jdrop.dropout(key, x, 1 - rate, broadcast_dims=broadcast_dims)
-    bit_identical(layer.apply({}, x, deterministic=False, rng=key), expected)
-    drawn = nn.Module.apply(layer, {}, rngs={"dropout": key}, method=lambda m: m.make_rng("dropout"))
-    through_make_rng = layer.apply({}, x, deterministic=False, rngs={"dropout": key})
+    bit_identical(layer.apply({}, x, deterministic=False, rng=jax.random.clone(key)), expected)
+    drawn = nn.Module.apply(layer, {}, rngs={"dropout": jax.random.clone(key)}, method=lambda m: m.make_rng("dropout"))
+    through_make_rng = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.clone(key)})
     bit_identical(through_make_rng, jdrop.dropout(drawn, x, 1 - rate, broadcast_dims=broadcast_dims))
 
 
@@ -131,19 +129,21 @@ def test_is_a_linen_dropout_and_checks_its_rate():
         jdrop.linen.Dropout("0.5")
     # Flax's own merging of deterministic: set in neither place is an error.
     with pytest.raises(ValueError, match="deterministic"):
-        jdrop.linen.Dropout(0.5).apply({}, jnp.ones(3), rngs={"dropout": KEY})
+        jdrop.linen.Dropout(0.5).apply({}, jnp.ones(3), rngs={"dropout": jax.random.key(0)})
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_dtypes_and_gradients_follow_the_mask(dtype):
-    x = jax.random.normal(KEY, (16, 12)).astype(dtype)
+    x = jax.random.normal(jax.random.key(0), (16, 12)).astype(dtype)
     layer = jdrop.linen.Dropout(0.4, deterministic=False)
+    # One key throughout: every call below must draw the same mask.
     key = jax.random.key(4)
     y = layer.apply({}, x, rng=key)
     chex.assert_type(y, dtype)
-    bit_identical(y, jdrop.dropout(key, x, 0.6))
-    grads = jax.grad(lambda x: jnp.sum(layer.apply({}, x, rng=key).astype(jnp.float32)))(x)
-    mask = jdrop.dropout_mask(key, x.shape, 0.6)
+    bit_identical(y, jdrop.dropout(jax.random.clone(key), x, 0.6))
+    grad_key = jax.random.clone(key)
+    grads = jax.grad(lambda x: jnp.sum(layer.apply({}, x, rng=grad_key).astype(jnp.float32)))(x)
+    mask = jdrop.dropout_mask(jax.random.clone(key), x.shape, 0.6)
     scale = jnp.asarray(1 / float(jdrop.effective_keep_prob(0.6)), dtype)
     bit_identical(grads, jnp.where(mask, scale, jnp.zeros((), dtype)))
 
@@ -162,7 +162,7 @@ def test_jit_and_lifted_vmap_with_split_rngs():
             return vmapped(rate=0.5, deterministic=False)(x)
 
     x = jnp.ones((6, 40))
-    out = jax.jit(lambda x, k: PerExample().apply({}, x, rngs={"dropout": k}))(x, KEY)
+    out = jax.jit(lambda x, k: PerExample().apply({}, x, rngs={"dropout": k}))(x, jax.random.key(0))
     chex.assert_shape(out, (6, 40))
     rows = {tuple(np.asarray(row != 0)) for row in out}
     assert len(rows) == 6  # every example got its own mask

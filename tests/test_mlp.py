@@ -11,7 +11,6 @@ from absl.testing import parameterized
 
 import jdrop
 
-KEY = jax.random.key(0)
 SIZES = (12, 32, 24, 5)
 
 
@@ -29,7 +28,7 @@ def hand_forward(params, x, activation, keys=None, keep_probs=None):
 
 class InitTest(parameterized.TestCase):
     def test_shapes_and_dtype(self):
-        params = jdrop.mlp_init(KEY, SIZES, dtype=jnp.bfloat16)
+        params = jdrop.mlp_init(jax.random.key(0), SIZES, dtype=jnp.bfloat16)
         assert len(params) == 3
         for layer, n_in, n_out in zip(params, SIZES[:-1], SIZES[1:], strict=True):
             chex.assert_shape(layer["w"], (n_in, n_out))
@@ -40,27 +39,31 @@ class InitTest(parameterized.TestCase):
     @parameterized.parameters(("relu", 2.0), ("gelu", 2.0), ("tanh", None), ("sigmoid", None))
     def test_weight_variance_suits_the_activation(self, activation, fan_in_scale):
         n_in, n_out = 400, 500
-        w = jdrop.mlp_init(KEY, (n_in, n_out), activation=activation)[0]["w"]
+        w = jdrop.mlp_init(jax.random.key(0), (n_in, n_out), activation=activation)[0]["w"]
         expected = fan_in_scale / n_in if fan_in_scale else 2.0 / (n_in + n_out)  # He or Glorot
         # The sample variance of N normal draws has standard deviation sqrt(2 / N) * var.
         tolerance = 5 * math.sqrt(2.0 / w.size) * expected
         assert abs(float(jnp.var(w)) - expected) <= tolerance, (float(jnp.var(w)), expected)
 
     def test_custom_initialisers_and_layer_keys(self):
-        params = jdrop.mlp_init(KEY, SIZES, w_init=jax.nn.initializers.ones, b_init=jax.nn.initializers.constant(0.5))
+        custom_key, default_key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(
+            custom_key, SIZES, w_init=jax.nn.initializers.ones, b_init=jax.nn.initializers.constant(0.5)
+        )
         np.testing.assert_array_equal(params[1]["w"], 1.0)
         np.testing.assert_array_equal(params[1]["b"], 0.5)
-        default = jdrop.mlp_init(KEY, (8, 8, 8))
+        default = jdrop.mlp_init(default_key, (8, 8, 8))
         assert not np.array_equal(default[0]["w"], default[1]["w"])  # each layer its own key
 
     @pytest.mark.filterwarnings("ignore")
     def test_errors(self):
+        key = jax.random.key(0)  # never consumed: the checks come first
         with pytest.raises(ValueError, match="at least two"):
-            jdrop.mlp_init(KEY, (10,))
+            jdrop.mlp_init(key, (10,))
         with pytest.raises(ValueError, match="positive ints"):
-            jdrop.mlp_init(KEY, (10, 0, 3))
+            jdrop.mlp_init(key, (10, 0, 3))
         with pytest.raises(ValueError, match="positive ints"):
-            jdrop.mlp_init(KEY, (10, 2.5, 3))
+            jdrop.mlp_init(key, (10, 2.5, 3))
 
 
 class ApplyTest(chex.TestCase):
@@ -69,14 +72,14 @@ class ApplyTest(chex.TestCase):
         ("relu", jax.nn.relu), ("tanh", jnp.tanh), ("sigmoid", jax.nn.sigmoid), ("gelu", jax.nn.gelu)
     )
     def test_deterministic_equals_the_hand_written_forward_pass(self, name, function):
-        params = jdrop.mlp_init(KEY, SIZES, activation=name)
+        params = jdrop.mlp_init(jax.random.key(0), SIZES, activation=name)
         x = jax.random.normal(jax.random.key(1), (7, SIZES[0]))
         out = self.variant(lambda p, x: jdrop.mlp_apply(p, x, deterministic=True, activation=name))(params, x)
         chex.assert_shape(out, (7, SIZES[-1]))
         chex.assert_trees_all_close(out, hand_forward(params, x, function), rtol=1e-6, atol=1e-6)
 
     def test_callable_activation_and_no_dropout_paths_agree(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        params = jdrop.mlp_init(jax.random.key(0), SIZES)
         x = jax.random.normal(jax.random.key(2), (4, SIZES[0]))
         expected = hand_forward(params, x, jax.nn.softplus)
         for out in (
@@ -88,45 +91,55 @@ class ApplyTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_dropout_uses_one_split_key_per_layer(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        init_key, key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(init_key, SIZES)
         x = jax.random.normal(jax.random.key(3), (6, SIZES[0]))
         keep_probs = (0.9, 0.5, 0.7)
-        out = self.variant(lambda p, x, k: jdrop.mlp_apply(p, x, key=k, keep_probs=keep_probs))(params, x, KEY)
-        keys = jax.random.split(KEY, 3)
+        out = self.variant(lambda p, x, k: jdrop.mlp_apply(p, x, key=k, keep_probs=keep_probs))(params, x, key)
+        keys = jax.random.split(jax.random.clone(key), 3)  # the layer keys that mlp_apply used
         chex.assert_trees_all_close(out, hand_forward(params, x, jax.nn.relu, keys, keep_probs), rtol=1e-6, atol=1e-6)
         # Layers 1 and 2 see 32- and 24-wide inputs; compare their masks on a common shape.
-        assert not np.array_equal(jdrop.dropout_mask(keys[1], (6, 24), 0.5), jdrop.dropout_mask(keys[2], (6, 24), 0.5))
+        same_keys = jax.random.clone(keys)
+        mask_1, mask_2 = (jdrop.dropout_mask(same_keys[i], (6, 24), 0.5) for i in (1, 2))
+        assert not np.array_equal(mask_1, mask_2)
 
     def test_every_example_gets_its_own_mask(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        init_key, key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(init_key, SIZES)
         x = jnp.tile(jax.random.normal(jax.random.key(4), (1, SIZES[0])), (64, 1))  # 64 identical rows
-        out = np.asarray(jdrop.mlp_apply(params, x, key=KEY, keep_probs=(1.0, 0.5, 0.5)))
+        out = np.asarray(jdrop.mlp_apply(params, x, key=key, keep_probs=(1.0, 0.5, 0.5)))
         assert len({row.tobytes() for row in out}) == 64
         plain = jdrop.mlp_apply(params, x, deterministic=True)
         assert len({row.tobytes() for row in np.asarray(plain)}) == 1
 
     def test_same_key_same_output_other_key_other_output(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        init_key, key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(init_key, SIZES)
         x = jax.random.normal(jax.random.key(5), (8, SIZES[0]))
-        a, b, c = (jdrop.mlp_apply(params, x, key=k, keep_probs=(0.8, 0.5, 0.5)) for k in (KEY, KEY, jax.random.key(9)))
+        a, b, c = (
+            jdrop.mlp_apply(params, x, key=k, keep_probs=(0.8, 0.5, 0.5))
+            for k in (key, jax.random.clone(key), jax.random.key(9))
+        )
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, c)
 
     def test_gradients_use_the_forward_masks(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        init_key, key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(init_key, SIZES)
         x = jax.random.normal(jax.random.key(6), (8, SIZES[0]))
         keep_probs = (0.8, 0.5, 0.5)
-        keys = jax.random.split(KEY, 3)
+        keys = jax.random.split(jax.random.clone(key), 3)  # the layer keys that mlp_apply uses
 
         def loss(p, apply):
             return jnp.sum(apply(p) ** 2)
 
-        grads = jax.grad(loss)(params, lambda p: jdrop.mlp_apply(p, x, key=KEY, keep_probs=keep_probs))
+        grads = jax.grad(loss)(params, lambda p: jdrop.mlp_apply(p, x, key=key, keep_probs=keep_probs))
         expected = jax.grad(loss)(params, lambda p: hand_forward(p, x, jax.nn.relu, keys, keep_probs))
         chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-6)
 
     def test_vmap_over_keys_and_traced_keep_probs_without_retracing(self):
-        params = jdrop.mlp_init(KEY, SIZES)
+        init_key, key = jax.random.split(jax.random.key(0))
+        params = jdrop.mlp_init(init_key, SIZES)
         x = jax.random.normal(jax.random.key(7), (4, SIZES[0]))
 
         @jax.jit
@@ -134,11 +147,12 @@ class ApplyTest(chex.TestCase):
         def apply(keys, keep_prob):
             return jax.vmap(lambda k: jdrop.mlp_apply(params, x, key=k, keep_probs=(1.0, keep_prob, keep_prob)))(keys)
 
-        keys = jax.random.split(KEY, 3)
-        for keep_prob in (0.3, 0.6, 0.9):
+        # Three new keys for each keep probability.
+        for keys, keep_prob in zip(jax.random.split(key, (3, 3)), (0.3, 0.6, 0.9), strict=True):
             out = apply(keys, jnp.float32(keep_prob))
             chex.assert_shape(out, (3, 4, SIZES[-1]))
-            expected = jdrop.mlp_apply(params, x, key=keys[1], keep_probs=(1.0, keep_prob, keep_prob))
+            same_key = jax.random.clone(keys)[1]
+            expected = jdrop.mlp_apply(params, x, key=same_key, keep_probs=(1.0, keep_prob, keep_prob))
             chex.assert_trees_all_close(out[1], expected, rtol=1e-6, atol=1e-6)
 
     def test_accepts_legacy_raw_keys_and_leading_batch_axes(self):
@@ -153,12 +167,12 @@ class ApplyTest(chex.TestCase):
 
 
 class TestApplyErrors:
-    params = jdrop.mlp_init(KEY, SIZES)
+    params = jdrop.mlp_init(jax.random.key(0), SIZES)
     x = jnp.ones((2, SIZES[0]))
 
     def test_keep_probs_length(self):
         with pytest.raises(ValueError, match="keep_probs has 2 entries but params has 3 layers"):
-            jdrop.mlp_apply(self.params, self.x, key=KEY, keep_probs=(0.5, 0.5))
+            jdrop.mlp_apply(self.params, self.x, key=jax.random.key(0), keep_probs=(0.5, 0.5))
 
     def test_input_width_names_both_widths(self):
         with pytest.raises(ValueError, match=r"x has 11 features.*n_in=12"):
@@ -170,7 +184,7 @@ class TestApplyErrors:
 
     def test_keep_prob_out_of_range_names_the_layer(self):
         with pytest.raises(ValueError, match=r"keep_probs\[1\] must be in \(0, 1\]"):
-            jdrop.mlp_apply(self.params, self.x, key=KEY, keep_probs=(1.0, 0.0, 0.5))
+            jdrop.mlp_apply(self.params, self.x, key=jax.random.key(0), keep_probs=(1.0, 0.0, 0.5))
 
     def test_unknown_activation_and_bad_inputs(self):
         with pytest.raises(ValueError, match="activation must be one of"):

@@ -1,5 +1,9 @@
 """Tests for jdrop._train: the optax training step, L2, evaluation."""
 
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,7 +13,6 @@ import pytest
 
 import jdrop
 
-KEY = jax.random.key(0)
 SIZES = (8, 32, 32, 3)
 KEEP_PROBS = (1.0, 0.5, 0.5)
 
@@ -23,7 +26,7 @@ def blobs(n=240, seed=0):
     return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
 
 
-def train(step_fn, state, x, y, steps, key=KEY):
+def train(step_fn, state, x, y, steps, key):
     for _ in range(steps):
         state, metrics = step_fn(state, x, y, key)
     return state, metrics
@@ -33,10 +36,11 @@ def train(step_fn, state, x, y, steps, key=KEY):
 def test_training_with_adam_dropout_and_l2_lowers_the_loss():
     x, y = blobs()
     optimizer = optax.adam(1e-2)
-    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    init_key, key = jax.random.split(jax.random.key(0))
+    state = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
     before = jdrop.evaluate(state.params, x, y)
     step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS, l2=1e-2)
-    state, _ = train(step, state, x, y, 150)
+    state, _ = train(step, state, x, y, 150, key)
     after = jdrop.evaluate(state.params, x, y)
     assert int(state.step) == 150
     assert float(after["cross_entropy"]) < 0.25 * float(before["cross_entropy"])
@@ -47,9 +51,10 @@ def test_same_key_reproduces_the_run_bit_for_bit_and_another_key_does_not():
     x, y = blobs()
     optimizer = optax.sgd(0.1, momentum=0.9)
     step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
-    start = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
-    first, _ = train(step, start, x, y, 10)
-    second, _ = train(step, start, x, y, 10)
+    init_key, key = jax.random.split(jax.random.key(0))
+    start = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
+    first, _ = train(step, start, x, y, 10, key)
+    second, _ = train(step, start, x, y, 10, jax.random.clone(key))
     other, _ = train(step, start, x, y, 10, key=jax.random.key(1))
     chex.assert_trees_all_equal(first, second)
     assert not np.array_equal(first.params[1]["w"], other.params[1]["w"])
@@ -60,7 +65,8 @@ def test_each_step_folds_its_count_into_the_key_and_backprop_uses_the_forward_ma
     learning_rate = 0.1
     optimizer = optax.sgd(learning_rate)
     step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
-    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    init_key, key = jax.random.split(jax.random.key(0))
+    state = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
 
     def loss(params, step_key):
         logits = jdrop.mlp_apply(params, x, key=step_key, keep_probs=KEEP_PROBS)
@@ -68,29 +74,30 @@ def test_each_step_folds_its_count_into_the_key_and_backprop_uses_the_forward_ma
 
     params = state.params
     for count in range(3):
-        state, metrics = step(state, x, y, KEY)
-        step_key = jax.random.fold_in(KEY, count)
+        state, metrics = step(state, x, y, key)
+        step_key = jax.random.fold_in(key, count)
         expected_loss, grads = jax.value_and_grad(loss)(params, step_key)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
         chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
     # Masks really differ between steps: the step-0 and step-1 keys give other losses.
-    assert float(loss(params, jax.random.fold_in(KEY, 0))) != float(loss(params, jax.random.fold_in(KEY, 1)))
+    assert float(loss(params, jax.random.fold_in(key, 0))) != float(loss(params, jax.random.fold_in(key, 1)))
 
 
 def test_l2_penalty_is_lambda_over_2m_times_the_squared_weights():
-    params = jdrop.mlp_init(KEY, SIZES)
+    init_key, key = jax.random.split(jax.random.key(0))
+    params = jdrop.mlp_init(init_key, SIZES)
     squares = sum(float(jnp.sum(layer["w"] ** 2)) for layer in params)
     chex.assert_trees_all_close(jdrop.l2_penalty(params, 0.3, 20), 0.3 / 40 * squares, rtol=1e-6)
     x, y = blobs(n=20)
     optimizer = optax.sgd(0.05)
     state = jdrop.init_train_state(params, optimizer)
-    new_state, metrics = jdrop.make_train_step(optimizer, l2=0.3)(state, x, y, KEY)
+    new_state, metrics = jdrop.make_train_step(optimizer, l2=0.3)(state, x, y, key)
     chex.assert_trees_all_close(
         metrics["loss"] - metrics["cross_entropy"], jdrop.l2_penalty(params, 0.3, 20), rtol=1e-5
     )
     # The penalty's gradient, lambda / m * W, reaches the weights but not the biases.
-    plain, _ = jdrop.make_train_step(optimizer)(state, x, y, KEY)
+    plain, _ = jdrop.make_train_step(optimizer)(state, x, y, jax.random.clone(key))
     for layer, with_l2, without in zip(params, new_state.params, plain.params, strict=True):
         chex.assert_trees_all_close(without["w"] - with_l2["w"], 0.05 * 0.3 / 20 * layer["w"], atol=1e-7)
         np.testing.assert_array_equal(without["b"], with_l2["b"])
@@ -100,12 +107,14 @@ def test_steps_run_inside_lax_scan_and_never_retrace():
     x, y = blobs(n=40)
     optimizer = optax.sgd(0.1)
     step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS, activation="tanh")
-    start = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES, activation="tanh"), optimizer)
-    looped, _ = train(step, start, x, y, 5)
+    init_key, key = jax.random.split(jax.random.key(0))
+    start = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES, activation="tanh"), optimizer)
+    looped, _ = train(step, start, x, y, 5, key)
     assert step._cache_size() == 1  # one compilation for all five steps
+    same_key = jax.random.clone(key)
 
     def body(state, _):
-        return step(state, x, y, KEY)
+        return step(state, x, y, same_key)
 
     scanned, metrics = jax.jit(lambda s: jax.lax.scan(body, s, None, length=5))(start)
     chex.assert_shape(metrics["loss"], (5,))
@@ -114,7 +123,7 @@ def test_steps_run_inside_lax_scan_and_never_retrace():
 
 def test_evaluate_is_deterministic_and_matches_the_plain_network():
     x, y = blobs(n=50)
-    params = jdrop.mlp_init(KEY, SIZES)
+    params = jdrop.mlp_init(jax.random.key(0), SIZES)
     metrics = jdrop.evaluate(params, x, y)
     logits = jdrop.mlp_apply(params, x, deterministic=True)
     chex.assert_trees_all_close(
@@ -135,9 +144,10 @@ def test_errors():
         jdrop.make_train_step(optax.sgd(0.1), activation="swish")
     x, y = blobs(n=10)
     optimizer = optax.sgd(0.1)
-    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    init_key, key = jax.random.split(jax.random.key(0))
+    state = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
     with pytest.raises(ValueError, match="keep_probs has 2 entries"):
-        jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, KEY)
+        jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, key)
 
 
 def test_keep_prob_schedules_change_every_step_without_retracing():
@@ -145,17 +155,18 @@ def test_keep_prob_schedules_change_every_step_without_retracing():
     optimizer = optax.sgd(0.1)
     schedule = optax.linear_schedule(0.9, 0.3, transition_steps=6)
     step = jdrop.make_train_step(optimizer, keep_probs=(1.0, schedule, 0.5))
-    state = jdrop.init_train_state(jdrop.mlp_init(KEY, SIZES), optimizer)
+    init_key, key = jax.random.split(jax.random.key(0))
+    state = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
 
     def loss(params, count, keep_prob):
-        logits = jdrop.mlp_apply(params, x, key=jax.random.fold_in(KEY, count), keep_probs=(1.0, keep_prob, 0.5))
+        logits = jdrop.mlp_apply(params, x, key=jax.random.fold_in(key, count), keep_probs=(1.0, keep_prob, 0.5))
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     used = []
     for count in range(8):
         expected_keep = float(schedule(count))
         expected_loss = loss(state.params, count, expected_keep)
-        state, metrics = step(state, x, y, KEY)
+        state, metrics = step(state, x, y, key)
         used.append(float(metrics["keep_probs"][1]))
         chex.assert_trees_all_close(metrics["keep_probs"], jnp.array([1.0, expected_keep, 0.5]), atol=1e-7)
         # The step dropped units with the scheduled probability of that very step.
@@ -172,14 +183,16 @@ def test_realised_keep_fraction_follows_the_schedule():
     params = [{"w": jnp.ones((n, 2)), "b": jnp.zeros(2)}]
     schedule = optax.linear_schedule(0.9, 0.2, transition_steps=3)
     x = jnp.ones((1, n))
+    key = jax.random.key(0)
     fractions = []
     for count in range(4):
         keep_prob = float(schedule(count))
         effective = float(jdrop.effective_keep_prob(keep_prob))
         # What the training step runs at step `count` (see the test above).
-        logits = jdrop.mlp_apply(params, x, key=jax.random.fold_in(KEY, count), keep_probs=(schedule(count),))
+        step_key = jax.random.fold_in(key, count)
+        logits = jdrop.mlp_apply(params, x, key=step_key, keep_probs=(schedule(count),))
         kept = round(float(logits[0, 0]) * effective)
-        layer_key = jax.random.split(jax.random.fold_in(KEY, count), 1)[0]
+        layer_key = jax.random.split(jax.random.clone(step_key), 1)[0]  # the key mlp_apply gave the layer
         assert kept == int(jnp.sum(jdrop.dropout_mask(layer_key, (1, n), keep_prob)))
         assert abs(kept - n * effective) <= 5 * np.sqrt(n * effective * (1 - effective)), (count, kept)
         fractions.append(kept / n)
@@ -224,14 +237,15 @@ def test_loss_fn_step_is_sgd_on_the_loss_with_the_folded_key_and_scheduled_keep_
     step = jdrop.make_train_step(optimizer, loss_fn=loss_fn, keep_probs=(schedule, 1.0))
     state = jdrop.init_train_state(params, optimizer)
     expected_params = params
+    key = jax.random.key(0)
     for count in range(4):
         keep = float(schedule(count))
-        step_key = jax.random.fold_in(KEY, count)
+        step_key = jax.random.fold_in(key, count)
         (expected_loss, aux), grads = jax.value_and_grad(tree_model_loss, has_aux=True)(
             expected_params, x, y, step_key, (keep, 1.0)
         )
         expected_params = jax.tree.map(lambda p, g: p - learning_rate * g, expected_params, grads)
-        state, metrics = step(state, x, y, KEY)
+        state, metrics = step(state, x, y, key)
         chex.assert_trees_all_close(state.params, expected_params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
         chex.assert_trees_all_close(metrics["hidden_mean"], aux["hidden_mean"], rtol=1e-6)
@@ -252,7 +266,7 @@ def test_loss_fn_may_return_a_bare_scalar_and_keep_probs_may_be_none():
 
     optimizer = optax.sgd(0.1)
     state, metrics = jdrop.make_train_step(optimizer, loss_fn=loss_fn)(
-        jdrop.init_train_state(params, optimizer), x, y, KEY
+        jdrop.init_train_state(params, optimizer), x, y, jax.random.key(0)
     )
     assert sorted(metrics) == ["loss"] and seen == [None] and int(state.step) == 1
 
@@ -274,9 +288,10 @@ def test_loss_fn_errors():
         "floating scalar loss, got shape": lambda *args: jnp.ones(3),
         r"may not be named \['loss'\]": lambda *args: (jnp.float32(1.0), {"loss": jnp.float32(0.0)}),
     }
+    key = jax.random.key(0)  # never consumed: the steps raise first
     for message, loss_fn in bad_returns.items():
         with pytest.raises((TypeError, ValueError), match=message):
-            jdrop.make_train_step(optimizer, loss_fn=loss_fn)(state, x, y, KEY)
+            jdrop.make_train_step(optimizer, loss_fn=loss_fn)(state, x, y, key)
 
 
 def test_mlp_functions_tell_a_foreign_model_where_to_go():
@@ -285,7 +300,7 @@ def test_mlp_functions_tell_a_foreign_model_where_to_go():
     optimizer = optax.sgd(0.1)
     message = r"needs params from jdrop.mlp_init.*pass loss_fn= to make_train_step and apply_fn= to mc_predict"
     with pytest.raises(TypeError, match=message):
-        jdrop.make_train_step(optimizer)(jdrop.init_train_state(foreign, optimizer), x, y, KEY)
+        jdrop.make_train_step(optimizer)(jdrop.init_train_state(foreign, optimizer), x, y, jax.random.key(0))
     with pytest.raises(TypeError, match=message):
         jdrop.evaluate(foreign, x, y)
     with pytest.raises(TypeError, match=message):
@@ -300,7 +315,7 @@ def test_mlp_functions_tell_a_foreign_model_where_to_go():
 
 def test_evaluate_with_apply_fn_is_the_metrics_of_its_logits():
     x, y = blobs(n=50)
-    params = {"w": jax.random.normal(KEY, (8, 3))}
+    params = {"w": jax.random.normal(jax.random.key(0), (8, 3))}
 
     def apply_fn(params, x):
         return x["features"] @ params["w"]
@@ -317,3 +332,45 @@ def test_evaluate_with_apply_fn_is_the_metrics_of_its_logits():
         jdrop.evaluate(params, x, y, apply_fn=3)
     with pytest.raises(ValueError, match="activation is the MLP's"):
         jdrop.evaluate(params, x, y, apply_fn=apply_fn, activation="tanh")
+
+
+def test_python_lists_are_arrays_in_the_mlp_step_and_evaluate():
+    x, y = blobs(n=12)
+    optimizer = optax.sgd(0.1)
+    state = jdrop.init_train_state(jdrop.mlp_init(jax.random.key(40), SIZES), optimizer)
+    step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
+    key = jax.random.key(41)
+    from_lists, _ = step(state, x.tolist(), y.tolist(), jax.random.clone(key))
+    from_arrays, _ = step(state, x, y, key)
+    chex.assert_trees_all_equal(from_lists, from_arrays)
+    chex.assert_trees_all_equal(
+        jdrop.evaluate(state.params, x.tolist(), y.tolist()), jdrop.evaluate(state.params, x, y)
+    )
+    with pytest.raises(TypeError, match=r"keep_probs must be a sequence with one keep probability per layer"):
+        jdrop.mlp_apply(state.params, x, key=jax.random.key(42), keep_probs=0.5)
+
+
+X64_CHECK = """
+import jax, jax.numpy as jnp, optax, jdrop
+assert jax.config.jax_enable_x64
+params = jdrop.mlp_init(jax.random.key(0), (4, 8, 3), dtype=jnp.float64)
+x, y = jnp.ones((6, 4), jnp.float64), jnp.arange(6) % 3
+optimizer = optax.sgd(0.1)
+step = jdrop.make_train_step(optimizer, keep_probs=(1.0, 0.5), l2=0.1)
+state, metrics = step(jdrop.init_train_state(params, optimizer), x, y, jax.random.key(1))
+mc = jdrop.mc_predict(params, x, jax.random.key(2), keep_probs=(1.0, 0.5), num_samples=4)
+dtypes = {
+    "loss": metrics["loss"].dtype,
+    "cross_entropy": jdrop.evaluate(params, x, y)["cross_entropy"].dtype,
+    "l2_penalty": jdrop.l2_penalty(params, 0.1, 6).dtype,
+    "mc_predict": mc.mean_probs.dtype,
+}
+assert all(d == jnp.float64 for d in dtypes.values()), dtypes
+print("float64")
+"""
+
+
+def test_float64_parameters_compute_in_float64():
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    out = subprocess.run([sys.executable, "-c", X64_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "float64", out.stderr[-2000:]
