@@ -81,10 +81,10 @@ def _mc_predict(
     # agree. Sample 0 is recomputed as the reference: a deliberate reuse of its
     # key, declared with clone for JAX's key-reuse checker. The last chunk is
     # padded with weight-0 samples on keys split from another clone of it.
-    reference_probs, reference_entropy = probs_of(jax.random.clone(keys)[0])  # type: ignore[no-untyped-call]
+    reference_probs, reference_entropy = probs_of(jax.random.clone(keys)[0])  # type: ignore[no-untyped-call, unused-ignore]  # typed in newer jax
     num_chunks = -(-num_samples // chunk_size)
     padding = jax.random.split(
-        jax.random.clone(keys)[0],  # type: ignore[no-untyped-call]
+        jax.random.clone(keys)[0],  # type: ignore[no-untyped-call, unused-ignore]  # typed in newer jax
         num_chunks * chunk_size - num_samples,
     )
     padded = jnp.concatenate([keys, padding])

@@ -9,7 +9,7 @@ from typing import NoReturn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from jdrop._activation import Activation, _resolve_activation, activation_dropout
 from jdrop._checks import _as_key, _check_deterministic, _check_floating, _check_keep_prob
@@ -91,7 +91,7 @@ def mlp_init(
     activation: Activation = "relu",
     w_init: Initializer | None = None,
     b_init: Initializer = jax.nn.initializers.zeros,
-    dtype: jnp.dtype = jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     r"""Initialises the parameters of a fully connected network.
 

@@ -9,6 +9,15 @@ import sys
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
 
+def same_mask_and_close(out: object, expected: object) -> bool:
+    """Zero exactly where ``expected`` is zero, and elsewhere within 2 float32 ulps of it."""
+    import numpy as np  # imported in main's order: jax is configured first
+
+    out, expected = np.asarray(out), np.asarray(expected)
+    spacing = np.spacing(np.abs(expected).astype(np.float32))
+    return bool(np.array_equal(out == 0, expected == 0) and np.all(np.abs(out - expected) <= 2 * spacing))
+
+
 def main() -> None:
     import jax
     import jax.numpy as jnp
@@ -61,8 +70,11 @@ def main() -> None:
         shard = xs.addressable_shards[0].data.shape
         results["layouts"][name] = {
             "dropout": bool(np.array_equal(drop(jax.random.clone(key), xs), reference["dropout"])),
-            "activation_dropout": bool(
-                np.array_equal(fused(jax.random.clone(key), xs), reference["activation_dropout"])
+            # The same mask exactly; the kept values within 2 float32 ulps, since
+            # XLA may evaluate tanh differently for other per-device shapes
+            # (jax 0.12 does for the feature sharding; jdrop controls the mask).
+            "activation_dropout": same_mask_and_close(
+                fused(jax.random.clone(key), xs), reference["activation_dropout"]
             ),
             "mask": bool(np.array_equal(mask, reference["mask"])),
             "mask_sharding_kept": mask.sharding.is_equivalent_to(sharding, 2),
