@@ -1,9 +1,10 @@
 """How much dropout? Test accuracy on MNIST-1D as the hidden keep probability goes from 0.3 to 1.0.
 
 Trains the MLP of ``examples/mnist1d.py`` (same data, optimiser and steps)
-once per keep probability on the hidden layers, and evaluates each network
-two ways: the inverted-dropout rule (all units, no scaling) and the Monte Carlo
-average of dropout networks. Writes ``<out>/sweep.json`` and ``<out>/sweep.png``.
+once per keep probability on the hidden layers, all in one jitted program
+(``mnist1d.train``), and evaluates each network two ways: the inverted-dropout
+rule (all units, no scaling) and the Monte Carlo average of dropout networks.
+Writes ``<out>/sweep.json`` and ``<out>/sweep.png``.
 
 Run ``python examples/keep_prob_sweep.py`` (needs ``pip install -e ".[examples]"``).
 """
@@ -79,28 +80,34 @@ def plot(rows: Sequence[dict[str, float]], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     args = parse_args(argv)
     example = _mnist1d_example()
+    example.use_every_core()
     data = example.load_mnist1d()
     train_args = example.parse_args(["--steps", str(args.steps), "--eval-every", str(min(args.steps, 1000))])
+    grid = [(keep_prob, seed) for keep_prob in args.keep_probs for seed in range(args.seeds)]
+    keep_input, num_hidden = train_args.keep_prob_input, len(train_args.hidden)
+    networks = [
+        example.Network(f"keep {keep_prob:g}", seed, (keep_input,) + (keep_prob,) * num_hidden, 0.0)
+        for keep_prob, seed in grid
+    ]
+    # One jitted program, compiled once, trains them all: the keep probabilities are traced values.
+    results = example.train(networks, data, train_args)
     rows = []
-    for keep_prob in args.keep_probs:
-        train_args.keep_prob_hidden = keep_prob
-        for seed in range(args.seeds):
-            result = example.train("dropout", seed, data, train_args)
-            report = example.evaluate_uncertainty(
-                result["params"], result["keep_probs"], data, args.mc_samples, jax.random.key(1000 + seed)
-            )
-            mc = report[f"MC dropout, {args.mc_samples} samples"]
-            rows.append(
-                {
-                    "keep_prob": keep_prob,
-                    "seed": seed,
-                    "train_acc": result["train_acc"],
-                    "test_acc": result["test_acc"],
-                    "mc_test_acc": mc["test_acc"],
-                    "nll": report["weight scaling"]["nll"],
-                    "mc_nll": mc["nll"],
-                }
-            )
+    for (keep_prob, seed), result in zip(grid, results, strict=True):
+        report = example.evaluate_uncertainty(
+            result["params"], result["keep_probs"], data, args.mc_samples, jax.random.key(1000 + seed)
+        )
+        mc = report[f"MC dropout, {args.mc_samples} samples"]
+        rows.append(
+            {
+                "keep_prob": keep_prob,
+                "seed": seed,
+                "train_acc": result["train_acc"],
+                "test_acc": result["test_acc"],
+                "mc_test_acc": mc["test_acc"],
+                "nll": report["weight scaling"]["nll"],
+                "mc_nll": mc["nll"],
+            }
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "sweep.png")

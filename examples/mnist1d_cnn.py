@@ -30,7 +30,7 @@ So each config gets its own best learning rate (adam, 5% warmup, cosine decay
 to 0): 2e-2 without dropout, 1e-2 with. Dropout rates 0.05 / 0.3 scored as
 0.1 / 0.5 did (0.980); spatial rate 0.2 did worse (0.972, 2 seeds). The
 default run (5 seeds, 85 s on a 2-core AMD EPYC CPU) reaches test accuracy 0.972 ±
-0.005 without dropout and 0.987 ± 0.003 with it (mean ± std over seeds); the
+0.005 without dropout and 0.987 ± 0.002 with it (mean ± std over seeds); the
 MNIST-1D paper reports 94% for its smaller CNN.
 
 Run ``python examples/mnist1d_cnn.py`` (needs ``pip install -e ".[examples]"``

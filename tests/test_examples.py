@@ -2,11 +2,18 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+
+import jdrop
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -41,6 +48,55 @@ def test_short_run_writes_results_and_curves(example, tmp_path):
     for values in report.values():
         assert 0.0 <= values["ece"] <= 1.0 and values["nll"] > 0
         assert sum(values["counts"]) == 1000
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_batched_step_is_make_train_step_for_every_config(example):
+    # One vmapped step with traced keep probabilities and l2 trains each
+    # network as jdrop.make_train_step does for its config, to float rounding.
+    optimizer = optax.adam(1e-2)
+    params = jdrop.mlp_init(jax.random.key(0), (40, 32, 32, 10))
+    x = jax.random.normal(jax.random.key(1), (16, 40))
+    y = jnp.arange(16, dtype=jnp.int32) % 10
+    settings = [(None, 0.0), ((0.8, 0.5, 0.5), 0.1)]  # traced 1.0 and 0.0; both active
+    keep_probs = jnp.asarray([keep or (1.0, 1.0, 1.0) for keep, _ in settings])
+    l2 = jnp.asarray([l2 for _, l2 in settings])
+    key = jax.random.key(2)
+    step = jax.jit(jax.vmap(example.network_step(optimizer), in_axes=(0, None, None, None, 0, 0)))
+    states = jax.tree.map(lambda a: jnp.stack([a] * len(settings)), jdrop.init_train_state(params, optimizer))
+    for _ in range(3):
+        states = step(states, x, y, key, keep_probs, l2)
+    for i, (keep, l2_value) in enumerate(settings):
+        reference = jdrop.make_train_step(optimizer, keep_probs=keep, l2=l2_value)
+        state = jdrop.init_train_state(params, optimizer)
+        for _ in range(3):
+            state, _ = reference(state, x, y, key)
+        for batched, alone in zip(jax.tree.leaves(states.params), jax.tree.leaves(state.params), strict=True):
+            np.testing.assert_allclose(batched[i], alone, rtol=0, atol=1e-6)
+    # A traced keep probability of 1.0 is exactly no dropout.
+    apply = jax.jit(jax.vmap(lambda p, keep: jdrop.mlp_apply(p, x, key=key, keep_probs=tuple(keep)), in_axes=(None, 0)))
+    assert jnp.array_equal(apply(params, keep_probs[:1])[0], jdrop.mlp_apply(params, x, deterministic=True))
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_networks_split_over_devices_train_as_alone(example, tmp_path):
+    # A fresh process with two CPU devices trains one network on each; each
+    # trains as it does alone on one device, with its seed's batches and key.
+    flags = ["--steps", "20", "--eval-every", "10", "--hidden", "32", "32", "--configs", "dropout", "--seeds", "2"]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "mnist1d.py"), *flags, "--mc-samples", "2", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "2 devices" in run.stdout
+    together = json.loads((tmp_path / "results.json").read_text())
+    args = example.parse_args(flags)
+    (alone,) = example.train([example.network("dropout", 1, args)], example.load_mnist1d(), args)
+    assert together[1]["seed"] == 1 and together[1]["curve"] == alone["curve"]
+    assert together[1]["test_cross_entropy"] == pytest.approx(alone["test_cross_entropy"], rel=1e-5)
 
 
 def test_data_is_mnist1d_with_its_default_split(example):
