@@ -139,3 +139,10 @@ def _check_rate(rate: float | jax.Array, name: str) -> float | None:
 def _check_count(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+
+
+def _check_keep_probs_sequence(keep_probs: object, per_layer: str) -> None:
+    """``keep_probs`` must be a sequence (or 1-D array) of ``per_layer`` values, not one number or a string."""
+    sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
+    if not (sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)):
+        raise TypeError(f"keep_probs must be a sequence with {per_layer}, got {keep_probs!r}.")

@@ -8,11 +8,16 @@ from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from jdrop._activation import Activation, _resolve_activation, activation_dropout
-from jdrop._checks import _as_key, _check_deterministic, _check_floating, _check_keep_prob
+from jdrop._checks import (
+    _as_key,
+    _check_deterministic,
+    _check_floating,
+    _check_keep_prob,
+    _check_keep_probs_sequence,
+)
 from jdrop._dropout import dropout
 
 __all__ = ["Params", "mlp_apply", "mlp_init"]
@@ -26,14 +31,8 @@ def _check_layer_keep_probs(
     keep_probs: Sequence[float | jax.Array] | None, num_layers: int
 ) -> tuple[tuple[float | jax.Array, ...], list[float | None]]:
     """One keep probability per layer (all 1.0 for None), and their concrete values (None where traced)."""
-    sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
-    if keep_probs is not None and not (
-        sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)
-    ):
-        raise TypeError(
-            f"keep_probs must be a sequence with one keep probability per layer, e.g. (1.0, 0.5, 0.5), "
-            f"got {keep_probs!r}."
-        )
+    if keep_probs is not None:
+        _check_keep_probs_sequence(keep_probs, "one keep probability per layer, e.g. (1.0, 0.5, 0.5)")
     keep = (1.0,) * num_layers if keep_probs is None else tuple(keep_probs)
     if len(keep) != num_layers:
         raise ValueError(

@@ -9,12 +9,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation
-from jdrop._checks import _as_key, _check_keep_prob
+from jdrop._checks import _as_key, _check_keep_prob, _check_keep_probs_sequence
 from jdrop._mlp import Params, _check_mlp_params, mlp_apply
 
 __all__ = ["TrainState", "evaluate", "init_train_state", "l2_penalty", "make_train_step"]
@@ -127,11 +126,7 @@ LossFn = Callable[..., Any]
 
 def _check_keep_probs(keep_probs: Sequence[KeepProb]) -> tuple[KeepProb, ...]:
     """Checks numbers now, and schedules at step 0 (later steps run traced)."""
-    sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
-    if not (sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)):
-        raise TypeError(
-            f"keep_probs must be a sequence with one keep probability or schedule per layer, got {keep_probs!r}."
-        )
+    _check_keep_probs_sequence(keep_probs, "one keep probability or schedule per layer")
     checked = tuple(keep_probs)
     for i, keep_prob in enumerate(checked):
         if callable(keep_prob):
