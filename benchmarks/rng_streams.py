@@ -3,8 +3,9 @@
 ``python benchmarks/rng_streams.py MODE | RNG_test stdin16 -tlmax 32GB -multithreaded``
 writes an endless little-endian stream to stdout. The values are exactly the
 ones the library computes: the 16-bit uniforms that masks compare with their
-threshold (uint16, ``stdin16``) or, for the ``*bits`` modes, keep-0.5 masks
-packed eight to a byte (``stdin8``). Modes:
+threshold (uint16, ``stdin16``), for the ``*bits`` modes keep-0.5 masks packed
+eight to a byte (``stdin8``), and for the ``*words`` modes the full 32-bit
+words whose bits make the continuous noise (uint32, ``stdin32``). Modes:
 
   rowmajor  every 4096x4096 draw with its own key fold_in(base, i), row by row
   colmajor  the same draws, column by column
@@ -14,6 +15,8 @@ packed eight to a byte (``stdin8``). Modes:
   bits      packed keep-0.5 masks of the rowmajor draws (stdin8)
   bigarray  one key drawing one (R, 4096) array of unbounded R, row chunks in order
   bigbits   packed keep-0.5 masks of the bigarray draw (stdin8)
+  words     the rowmajor draws' full 32-bit words (stdin32), as Gaussian and concrete dropout use them
+  bigwords  the bigarray draw's full 32-bit words (stdin32)
 
 ``--rounds`` lowers the generator's rounds after the row and column hashes meet,
 for the safety-margin audit only. Building PractRand: ``../shared/practrand/BUILD.md``.
@@ -31,14 +34,17 @@ import numpy as np
 
 from jdrop import _generator
 
-MODES = ("rowmajor", "colmajor", "steps", "layers", "narrow", "bits", "bigarray", "bigbits")
+MODES = ("rowmajor", "colmajor", "steps", "layers", "narrow", "bits", "bigarray", "bigbits", "words", "bigwords")
 SIDE = 4096  # the side of the rowmajor draws and the width of the bigarray draw
 CHUNK_ROWS = 1024  # rows of the bigarray draw per chunk: 8 MiB of uint16
 KEEP_HALF = 1 << 15  # the threshold of keep probability 0.5
 
 
-def _draw(rounds: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def _draw(rounds: int, words: bool = False) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     """``(key, row, col) -> uint32 uniforms``: the library's function, at ``rounds``.
+
+    16-bit uniforms (:func:`_generator.hash16`), or with ``words`` the full
+    32-bit words (:func:`_generator.hash32`).
 
     ``key`` may also be a draw's key words (``_generator.seeds_of(key)``): the
     bigarray modes compute one draw's words once and its rows chunk by chunk.
@@ -47,7 +53,7 @@ def _draw(rounds: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     @jax.jit
     def draw(key: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
         seeds = key if key.dtype == jnp.uint32 else _generator.seeds_of(key)
-        return _generator.hash16(seeds, row, col, rounds)
+        return (_generator.hash32 if words else _generator.hash16)(seeds, row, col, rounds)
 
     return draw
 
@@ -58,21 +64,26 @@ def _grid(rows: int, cols: int, first_row: int = 0) -> tuple[jax.Array, jax.Arra
 
 
 def chunks(mode: str, seed: int = 0, rounds: int = _generator.ROUNDS) -> Iterator[np.ndarray]:
-    """The stream of ``mode`` as numpy chunks (uint16 values, or uint8 packed mask bits), forever."""
-    draw = _draw(rounds)
+    """The stream of ``mode`` as numpy chunks (uint16 values, uint8 packed mask bits or uint32 words), forever."""
+    draw = _draw(rounds, words=mode in ("words", "bigwords"))
     base = jax.random.key(seed)
     square = _grid(SIDE, SIDE)
-    if mode in ("bigarray", "bigbits"):
+    if mode in ("bigarray", "bigbits", "bigwords"):
         seeds = _generator.seeds_of(base)  # one key, one draw: its rows come chunk by chunk
         for first_row in range(0, _generator.MAX_COUNTER, CHUNK_ROWS):
             values = np.asarray(draw(seeds, *_grid(CHUNK_ROWS, SIDE, first_row)))
-            yield values.astype(np.uint16) if mode == "bigarray" else np.packbits(values < KEEP_HALF)
+            if mode == "bigbits":
+                yield np.packbits(values < KEEP_HALF)
+            else:
+                yield values if mode == "bigwords" else values.astype(np.uint16)
         raise RuntimeError("the bigarray draw has used every row counter")
     for i in range(1 << 62):
         key = jax.random.fold_in(base, i)
-        if mode in ("rowmajor", "colmajor", "bits"):
+        if mode in ("rowmajor", "colmajor", "bits", "words"):
             values = np.asarray(draw(key, *square))
-            if mode == "bits":
+            if mode == "words":
+                yield values.ravel()
+            elif mode == "bits":
                 yield np.packbits(values < KEEP_HALF)
             else:
                 yield (values if mode == "rowmajor" else values.T).astype(np.uint16).ravel()

@@ -6,6 +6,13 @@ from jdrop._mc import MCPrediction, mc_predict
 from jdrop._mlp import Params, mlp_apply, mlp_init
 from jdrop._parallel import data_parallel_mesh, replicate, shard_batch
 from jdrop._train import TrainState, evaluate, init_train_state, l2_penalty, make_train_step
+from jdrop._variants import (
+    alpha_dropout,
+    concrete_dropout,
+    concrete_dropout_regularizer,
+    drop_path,
+    gaussian_dropout,
+)
 
 __version__ = "0.1.0"
 
@@ -30,11 +37,16 @@ __all__ = [
     "Params",
     "TrainState",
     "activation_dropout",
+    "alpha_dropout",
+    "concrete_dropout",
+    "concrete_dropout_regularizer",
     "data_parallel_mesh",
+    "drop_path",
     "dropout",
     "dropout_mask",
     "effective_keep_prob",
     "evaluate",
+    "gaussian_dropout",
     "init_train_state",
     "l2_penalty",
     "make_train_step",

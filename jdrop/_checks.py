@@ -1,4 +1,7 @@
-"""Argument checks that several modules share: each raises before any work, naming the argument and what it accepts."""
+"""Argument checks that several modules share: each raises before any work, naming the argument and what it accepts.
+
+Also the one dtype rule they share, :func:`_compute_dtype`.
+"""
 
 from __future__ import annotations
 
@@ -134,6 +137,12 @@ def _check_rate(rate: float | jax.Array, name: str) -> float | None:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value}.")
     return value
+
+
+def _compute_dtype(array: jax.Array) -> jnp.dtype:
+    """At least float32: float64 stays float64 (with jax_enable_x64), bfloat16 and float16 become float32."""
+    # Not jnp.promote_types: under strict dtype promotion bfloat16 and float32 have no common type.
+    return jnp.dtype(jnp.float64) if array.dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
 def _check_count(value: object, name: str) -> None:

@@ -32,6 +32,7 @@ from jdrop._checks import (
     _check_keep_prob,
     _check_rate,
     _check_shape,
+    _compute_dtype,
 )
 from jdrop._generator import uniform16
 
@@ -145,7 +146,7 @@ def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> ja
 
 def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
     """``x / effective``, computed in at least float32 and rounded once to ``x.dtype``."""
-    compute_dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    compute_dtype = _compute_dtype(x)
     # A traced keep_prob of 0.0 drops everything; dividing by 1 there keeps the
     # (unused) branch finite so that its gradient is 0 rather than NaN.
     safe = jnp.where(effective == 0.0, jnp.float32(1.0), effective)

@@ -57,8 +57,8 @@ def seeds_of(key: jax.Array) -> jax.Array:
     return jax.random.bits(key, (2 + ROUNDS,), jnp.uint32)
 
 
-def hash16(seeds: jax.Array, row: jax.Array, col: jax.Array, rounds: int = ROUNDS) -> jax.Array:
-    """The uniform in [0, 2**16) (as uint32) of the entries at uint32 counters ``row`` and ``col``.
+def hash32(seeds: jax.Array, row: jax.Array, col: jax.Array, rounds: int = ROUNDS) -> jax.Array:
+    """The full 32-bit hash :math:`h` of the entries at uint32 counters ``row`` and ``col``.
 
     ``row`` and ``col`` broadcast against each other. ``rounds`` below
     :data:`ROUNDS` exists for the safety-margin audit only.
@@ -66,18 +66,23 @@ def hash16(seeds: jax.Array, row: jax.Array, col: jax.Array, rounds: int = ROUND
     h = _mix32(row ^ seeds[0]) + _mix32(col ^ seeds[1])
     for i in range(rounds):
         h = _mix32(h ^ seeds[2 + i])
-    return h >> 16
+    return h
 
 
-def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform integers in [0, 2**16) (as uint32), one per entry of ``shape``.
+def hash16(seeds: jax.Array, row: jax.Array, col: jax.Array, rounds: int = ROUNDS) -> jax.Array:
+    """The uniform in [0, 2**16) (as uint32): the top 16 bits of :func:`hash32`."""
+    return hash32(seeds, row, col, rounds) >> 16
+
+
+def bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform uint32 words, one per entry of ``shape``: :math:`h` of each entry's position.
 
     The row hash is computed on ``(*lead, 1)`` and the column hash on
-    ``(1, ..., cols)``, then broadcast: each is computed once, not once per
-    entry.
+    ``(1, ..., cols)``, then broadcast. :func:`uniform16` is the top 16 bits
+    of these words, for the same key and shape.
     """
     if not shape:
-        return uniform16(key, (1,)).reshape(())
+        return bits32(key, (1,)).reshape(())
     if math.prod(shape) == 0:  # nothing to draw, whatever the other sizes
         return jnp.zeros(shape, jnp.uint32)
     *lead, cols = shape
@@ -91,4 +96,28 @@ def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         row = row + jax.lax.broadcasted_iota(jnp.uint32, row_shape, axis) * jnp.uint32(stride)
         stride *= lead[axis]
     col = jax.lax.broadcasted_iota(jnp.uint32, (1,) * len(lead) + (cols,), len(lead))
-    return hash16(seeds, row, col)
+    return hash32(seeds, row, col)
+
+
+def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform integers in [0, 2**16) (as uint32), one per entry of ``shape``: what masks compare."""
+    return bits32(key, shape) >> 16
+
+
+def half_uniform(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    r"""A uniform :math:`v \in (0, 1/2]` and a fair sign, per entry, from one :func:`bits32` word.
+
+    The top bit is the sign and the low 31 bits :math:`k` give
+    :math:`v = (k + 1/2)\, 2^{-32}` in float32. A symmetric distribution
+    (normal, logistic) takes its lower tail from :math:`v` and flips it on the
+    sign, so tails come from the small values of :math:`v`, where float32 is
+    exact: no value is ever 0 or 1, there are :math:`2^{31}` magnitudes, and
+    the deepest tail reached is :math:`v = 2^{-33}` (a normal's
+    :math:`\pm 6.34`).
+
+    Returns:
+      ``(v, negative)``: float32 ``v`` and a bool that is True for half of the entries.
+    """
+    word = bits32(key, shape)
+    v = ((word & jnp.uint32(0x7FFFFFFF)).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-32)
+    return v, (word >> 31) == 1

@@ -13,7 +13,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jdrop._activation import Activation, _resolve_activation
-from jdrop._checks import _as_key, _check_keep_prob, _check_keep_probs_sequence
+from jdrop._checks import _as_key, _check_keep_prob, _check_keep_probs_sequence, _compute_dtype
 from jdrop._mlp import Params, _check_mlp_params, mlp_apply
 
 __all__ = ["TrainState", "evaluate", "init_train_state", "l2_penalty", "make_train_step"]
@@ -34,11 +34,6 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: optax.OptState
     step: jax.Array
-
-
-def _compute_dtype(array: jax.Array) -> jnp.dtype:
-    """At least float32: float64 stays float64 (with jax_enable_x64), bfloat16 and float16 become float32."""
-    return jnp.promote_types(array.dtype, jnp.float32)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:

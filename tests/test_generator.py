@@ -24,7 +24,7 @@ def mix_numpy(x):
     return x ^ (x >> np.uint32(16))
 
 
-def reference(key, shape, rounds=_generator.ROUNDS):
+def reference(key, shape, rounds=_generator.ROUNDS, words=False):
     """The module docstring's formula, written independently in NumPy.
 
     It draws the key words itself, so callers pass a clone of the key they
@@ -38,7 +38,7 @@ def reference(key, shape, rounds=_generator.ROUNDS):
         h = mix_numpy(row ^ s[0]) + mix_numpy(col ^ s[1])
         for i in range(rounds):
             h = mix_numpy(h ^ s[2 + i])
-    return h >> np.uint32(16)
+    return h if words else h >> np.uint32(16)
 
 
 @pytest.mark.parametrize("shape", [(7,), (33, 17), (3, 5, 12), (1 << 12, 1), (2, 3, 4, 5)])
@@ -47,6 +47,24 @@ def test_values_are_the_documented_formula(shape):
     expected, expected_scalar = reference(jax.random.clone(key), shape), reference(jax.random.clone(scalar_key), (1,))
     np.testing.assert_array_equal(np.asarray(_generator.uniform16(key, shape)), expected)
     np.testing.assert_array_equal(np.asarray(_generator.uniform16(scalar_key, ())), expected_scalar.reshape(()))
+
+
+@pytest.mark.parametrize("shape", [(7,), (33, 17), (3, 5, 12)])
+def test_words_are_the_full_hash_and_uniforms_their_top_half(shape):
+    key = jax.random.key(4)
+    words = np.asarray(_generator.bits32(jax.random.clone(key), shape))
+    np.testing.assert_array_equal(words, reference(jax.random.clone(key), shape, words=True))
+    np.testing.assert_array_equal(np.asarray(_generator.uniform16(key, shape)), words >> np.uint32(16))
+
+
+def test_half_uniform_splits_a_word_into_sign_and_31_bit_magnitude():
+    key = jax.random.key(6)
+    words = np.asarray(_generator.bits32(jax.random.clone(key), (4096,)))
+    v, negative = _generator.half_uniform(key, (4096,))
+    expected = ((words & np.uint32(0x7FFFFFFF)).astype(np.float64) + 0.5) * 2.0**-32
+    np.testing.assert_allclose(np.asarray(v), expected, rtol=2**-23)  # two float32 roundings
+    np.testing.assert_array_equal(np.asarray(negative), words >> np.uint32(31) == 1)
+    assert float(v.min()) > 0 and float(v.max()) <= 0.5
 
 
 def test_the_mask_compares_these_uniforms_with_the_threshold():
@@ -117,6 +135,16 @@ def test_streams_carry_exactly_the_library_values(streams):
     np.testing.assert_array_equal(first_chunks(streams, "colmajor", 1)[0], draws[0].T.ravel())
     (packed,) = first_chunks(streams, "bits", 1)
     np.testing.assert_array_equal(np.unpackbits(packed), (draws[0] < 1 << 15).ravel())
+
+
+def test_word_streams_carry_the_library_words(streams):
+    base = jax.random.key(5)
+    (big,) = first_chunks(streams, "bigwords", 1)
+    whole = _generator.bits32(jax.random.clone(base), (streams.CHUNK_ROWS, streams.SIDE))
+    np.testing.assert_array_equal(big, np.asarray(whole))
+    (words,) = first_chunks(streams, "words", 1)
+    first_draw = _generator.bits32(jax.random.fold_in(base, 0), (streams.SIDE, streams.SIDE))
+    np.testing.assert_array_equal(words, np.asarray(first_draw).ravel())
 
 
 def test_step_layer_and_narrow_streams_carry_the_library_values(streams):

@@ -29,7 +29,8 @@ def results():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_results_do_not_depend_on_the_layout(results, layout):
     checks = results["layouts"][layout]
-    for name in ("dropout", "activation_dropout", "mask", "mlp"):
+    variants = ("gaussian_dropout", "alpha_dropout", "drop_path", "concrete_dropout")
+    for name in ("dropout", "activation_dropout", "mask", "mlp", *variants):
         assert checks[name], f"{name} differs from the one-device result when sharded over {layout}"
     assert checks["mask_sharding_kept"]
 
@@ -37,7 +38,7 @@ def test_results_do_not_depend_on_the_layout(results, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sharded_dropout_needs_no_communication_and_draws_only_its_shard(results, layout):
     checks = results["layouts"][layout]
-    assert checks["collectives"] == []
+    assert checks["collectives"] == [] and checks["variant_collectives"] == []
     assert checks["shard_shape_in_hlo"] and not checks["full_shape_in_hlo"]
 
 
