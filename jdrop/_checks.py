@@ -142,7 +142,8 @@ def _check_rate(rate: float | jax.Array, name: str) -> float | None:
 def _compute_dtype(array: jax.Array) -> jnp.dtype:
     """At least float32: float64 stays float64 (with jax_enable_x64), bfloat16 and float16 become float32."""
     # Not jnp.promote_types: under strict dtype promotion bfloat16 and float32 have no common type.
-    return jnp.dtype(jnp.float64) if array.dtype == jnp.float64 else jnp.dtype(jnp.float32)
+    wide = array.dtype == jnp.float64
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
 def _check_count(value: object, name: str) -> None:
