@@ -1,4 +1,4 @@
-"""jdrop against Flax, Haiku and Equinox: mask speed, training-step overhead, backward memory, drop-in modules.
+"""jdrop against Flax, Haiku and Equinox: masks, the dropout family, training steps, backward memory, drop-ins.
 
 Run ``pip install -e ".[bench]" && python benchmarks/run.py``. Every timed
 candidate is jitted and compiled first; then the candidates run interleaved
@@ -152,6 +152,72 @@ def bench_mask(shape: tuple[int, int], rounds: int, calls: int, min_round_second
             f"| {both[name] * 1e3:.2f} | {both[name] / ours_both:.2f}x |"
         )
     return lines
+
+
+# --- The dropout family -------------------------------------------------------------------------
+
+SELU_SATURATION = -1.0507009873554805 * 1.6732632423543772
+KEEP_LOGIT = math.log(KEEP_PROB / (1.0 - KEEP_PROB))
+
+
+def _alpha_with_jax_random(key: jax.Array, x: jax.Array) -> jax.Array:
+    """torch.nn.AlphaDropout's formula with a jax.random.bernoulli mask."""
+    q = KEEP_PROB
+    a = (q + SELU_SATURATION**2 * q * (1 - q)) ** -0.5
+    mask = jax.random.bernoulli(key, q, x.shape)
+    return a * jnp.where(mask, x, SELU_SATURATION) + (-a * SELU_SATURATION * (1 - q))
+
+
+def _concrete_with_jax_random(key: jax.Array, x: jax.Array) -> jax.Array:
+    """The relaxed mask of concrete dropout from jax.random.uniform (Gal et al.'s reference code, in JAX)."""
+    u = jax.random.uniform(key, x.shape, minval=1e-7, maxval=1.0 - 1e-7)
+    relaxed = jax.nn.sigmoid((KEEP_LOGIT + jnp.log(u) - jnp.log1p(-u)) / 0.1)
+    return x * relaxed / KEEP_PROB
+
+
+#: Each variant: jdrop's function, and the straightforward implementation with jax.random.
+VARIANTS: dict[str, tuple[Callable[[jax.Array, jax.Array], jax.Array], Callable[[jax.Array, jax.Array], jax.Array]]] = {
+    "gaussian_dropout": (
+        lambda key, x: jdrop.gaussian_dropout(key, x, KEEP_PROB),
+        lambda key, x: x * (1.0 + math.sqrt(RATE / KEEP_PROB) * jax.random.normal(key, x.shape)),
+    ),
+    "alpha_dropout": (lambda key, x: jdrop.alpha_dropout(key, x, KEEP_PROB), _alpha_with_jax_random),
+    "drop_path (row)": (
+        lambda key, x: jdrop.drop_path(key, x, KEEP_PROB),
+        lambda key, x: jnp.where(jax.random.bernoulli(key, KEEP_PROB, (x.shape[0], 1)), x / KEEP_PROB, 0.0),
+    ),
+    "concrete_dropout": (lambda key, x: jdrop.concrete_dropout(key, x, KEEP_LOGIT), _concrete_with_jax_random),
+}
+
+
+def bench_variants(shape: tuple[int, int], rounds: int, calls: int, min_round_seconds: float = 0.2) -> list[str]:
+    """Forward time of each variant: jdrop, the jax.random version, and x * c, interleaved per variant."""
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.key(1), shape)
+    floor = jax.jit(lambda x: x * (1.0 / KEEP_PROB))
+    rows = []
+    for name, (ours, theirs) in VARIANTS.items():
+        print(f"{name} forward, {shape} float32, keep {KEEP_PROB}")
+        ours_jit, theirs_jit = jax.jit(ours), jax.jit(theirs)
+        runs: dict[str, Callable[[], Any]] = {
+            f"jdrop.{name}": lambda ours_jit=ours_jit: ours_jit(key, x),
+            f"{name} with jax.random": lambda theirs_jit=theirs_jit: theirs_jit(key, x),
+            "x * c (memory floor)": lambda: floor(x),
+        }
+        mine, straightforward, memory = interleaved_medians(runs, rounds, calls, min_round_seconds).values()
+        rows.append(
+            f"| {name} | {mine * 1e3:.2f} | {straightforward * 1e3:.2f} | {memory * 1e3:.2f} "
+            f"| {mine / memory:.2f}x | {straightforward / mine:.1f}x |"
+        )
+    return [
+        f"The dropout family on a {shape[0]}x{shape[1]} float32 array, keep {KEEP_PROB} (concrete: temperature 0.1), "
+        'jitted forward; median ms per call. "jax.random": the same formula with its noise from jax.random '
+        "(bernoulli, normal, uniform), as one would write it with the peers' tools.",
+        "",
+        "| variant | jdrop ms | jax.random ms | x * c ms | jdrop / (x * c) | jax.random / jdrop |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 # --- A training step ----------------------------------------------------------------------------
@@ -641,7 +707,7 @@ def bench_dropin(rounds: int, calls: int, min_round_seconds: float = 0.2) -> lis
     return lines[:-1]
 
 
-SECTIONS = ("mask", "train", "memory", "dropin")
+SECTIONS = ("mask", "variants", "train", "memory", "dropin")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -680,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     sections = []
     if "mask" in selected:
         sections.append(bench_mask((4096, 1024), rounds, calls, min_round_seconds))
+    if "variants" in selected:
+        sections.append(bench_variants((4096, 1024), rounds, calls, min_round_seconds))
     if "train" in selected:
         sections.append(bench_train_step((784, 1024, 1024, 10), 512, rounds, calls, min_round_seconds))
     if "memory" in selected:

@@ -60,7 +60,7 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _standard_logistic(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """float32 Logistic(0, 1), :math:`\\log u - \\log(1 - u)`, by the same inversion (tails to about 22.9)."""
     v, negative = half_uniform(key, shape)
-    lower = jnp.log(v) - jnp.log1p(-v)
+    lower = jnp.log(v / (1.0 - v))  # one log: 1 - v is in [1/2, 1), exact enough
     return jnp.where(negative, lower, -lower)
 
 
@@ -303,9 +303,8 @@ def concrete_dropout(
     and :math:`y` inverted dropout; at the paper's :math:`t = 0.1` most
     :math:`\tilde m_i` are within a few percent of 0 or 1. Train the keep
     probability with the data loss plus :func:`concrete_dropout_regularizer`,
-    without which it only grows towards 1. :math:`u_i` has 32 bits; the ratio
-    :math:`\tilde m_i / p` is computed in log space, so it stays finite for
-    any :math:`\ell`.
+    without which it only grows towards 1. :math:`u_i` has 32 bits, so
+    :math:`|L_i|` reaches about 22.9.
 
     Args:
       key: a typed or raw PRNG key; not needed when ``deterministic=True``.
@@ -358,8 +357,9 @@ def concrete_dropout(
     logistic = _standard_logistic(_as_key(key), shape)
     dtype = _compute_dtype(x)
     logit = logit.astype(dtype)
-    log_ratio = jax.nn.log_sigmoid((logit + logistic.astype(dtype)) / temperature) - jax.nn.log_sigmoid(logit)
-    return (x.astype(dtype) * jnp.exp(log_ratio)).astype(x.dtype)
+    inverse_keep = 1.0 + jnp.exp(-logit)  # 1 / sigmoid(logit), on keep_logit's (small) shape
+    relaxed_mask = jax.nn.sigmoid((logit + logistic.astype(dtype)) / temperature)
+    return (x.astype(dtype) * relaxed_mask * inverse_keep).astype(x.dtype)
 
 
 def concrete_dropout_regularizer(

@@ -134,12 +134,18 @@ def test_keep_prob_sweep_runs(tmp_path):
     sweep = load("keep_prob_sweep")
     rows = sweep.main(["--keep-probs", "0.5", "1.0", "--steps", "40", "--mc-samples", "4", "--out", str(tmp_path)])
     assert [row["keep_prob"] for row in rows] == [0.5, 1.0]
-    assert json.loads((tmp_path / "sweep.json").read_text()) == rows
+    written = json.loads((tmp_path / "sweep.json").read_text())
+    assert written["grid"] == rows
+    concrete = written["concrete"]  # the learned keep probabilities start at 0.9 and move
+    assert len(concrete["learned_keep_probs"]) == 2 and all(0 < k < 1 for k in concrete["learned_keep_probs"])
+    assert concrete["keep_curve"][0] != concrete["keep_curve"][-1] and 0 <= concrete["test_acc"] <= 1
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Without dropout the MC average is the deterministic network.
     assert rows[1]["mc_test_acc"] == pytest.approx(rows[1]["test_acc"], abs=1e-6)  # 1 in 1000 is 1e-3
     with pytest.raises(SystemExit):
         sweep.parse_args(["--keep-probs", "0"])
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--concrete-length-scale", "0"])
 
 
 @pytest.fixture(scope="module")
