@@ -121,21 +121,26 @@ def _check_deterministic(deterministic: object) -> None:
         )
 
 
-def _check_rate(rate: float | jax.Array, name: str) -> float | None:
-    """Validates a drop rate (the host libraries' convention); returns it as a float, or None when traced."""
+def _check_rate(rate: float | jax.Array, name: str, *, allow_one: bool = True) -> float | None:
+    """Validates a drop rate (the host libraries' convention); returns it as a float, or None when traced.
+
+    The accepted range is [0, 1], or [0, 1) with ``allow_one=False`` (for noise
+    whose variance is infinite at rate 1, such as Gaussian and alpha dropout).
+    """
     if isinstance(rate, jax.core.Tracer):
         return _check_keep_prob(rate, name)  # shape and dtype checks only
     dtype = getattr(rate, "dtype", None)
     real = isinstance(rate, numbers.Real) or (
         dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
     )
+    accepted = "[0, 1]" if allow_one else "[0, 1)"
     if isinstance(rate, bool) or dtype == np.bool_ or not real:
-        raise TypeError(f"{name} must be a float in [0, 1] (the probability of dropping a unit), got {rate!r}.")
+        raise TypeError(f"{name} must be a float in {accepted} (the probability of dropping a unit), got {rate!r}.")
     if np.ndim(rate) != 0:
         raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(rate)}.")
     value = float(rate)
-    if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value}.")
+    if not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):  # NaN fails too
+        raise ValueError(f"{name} must be in {accepted} (the probability of dropping a unit), got {value}.")
     return value
 
 

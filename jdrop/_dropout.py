@@ -234,20 +234,27 @@ def _dropout_at_rate(
     rate_name: str,
     deterministic: bool,
     broadcast_dims: Sequence[int],
+    apply: Callable[[KeyLike | None, jax.Array, ArrayLike], jax.Array] | None = None,
+    allow_rate_one: bool = True,
 ) -> jax.Array:
-    """Dropout with a drop ``rate``, as the Flax and Equinox drop-in modules need it.
+    """Dropout (or a dropout-family function) with a drop ``rate``, as the Flax and Equinox drop-in modules need it.
 
     The host libraries' edge cases: rate 0 (or evaluation) returns ``x`` and
     rate 1 returns zeros, without asking for a key. Otherwise the result is
-    exactly ``dropout(key_fn(), x, 1 - rate, broadcast_dims=...)``; ``key_fn``
-    is called only then, so that a host's RNG stream advances only when a mask
-    is drawn, as with the host's own Dropout.
+    exactly ``apply(key_fn(), x, 1 - rate)``, by default
+    ``dropout(key_fn(), x, 1 - rate, broadcast_dims=...)``; ``key_fn`` is
+    called only then, so that a host's RNG stream advances only when noise is
+    drawn, as with the host's own Dropout. ``apply`` is how the drop-in
+    variants (Gaussian, alpha, drop-path) share this: it takes a key, ``x``
+    and the keep probability, and binds any other arguments itself. With
+    ``allow_rate_one=False`` a concrete rate must be in [0, 1) (a traced rate
+    of 1 reaches ``apply`` as keep probability 0).
     """
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
     _check_floating(x, "inputs")
     _check_broadcast_dims(broadcast_dims, x.ndim)
-    value = _check_rate(rate, rate_name)
+    value = _check_rate(rate, rate_name, allow_one=allow_rate_one)
     _check_deterministic(deterministic)
     if deterministic or value == 0.0:
         return x
@@ -255,4 +262,6 @@ def _dropout_at_rate(
         return jnp.zeros_like(x)
     # A traced rate (an Equinox field that is an array) gets no gradient, as in the hosts.
     keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
-    return dropout(key_fn(), x, keep_prob, broadcast_dims=broadcast_dims)
+    if apply is None:
+        return dropout(key_fn(), x, keep_prob, broadcast_dims=broadcast_dims)
+    return apply(key_fn(), x, keep_prob)

@@ -1,23 +1,31 @@
-"""jdrop's dropout as a drop-in for ``equinox.nn.Dropout``.
+"""jdrop's dropout as a drop-in for ``equinox.nn.Dropout``, and its dropout-family variants.
 
 Change ``eqx.nn.Dropout`` to ``jdrop.equinox.Dropout`` and nothing else:
 ``p``, ``inference``, ``key=`` and ``eqx.nn.inference_mode`` work as in
 Equinox, because the class *is* an ``eqx.nn.Dropout`` whose mask comes from
-:func:`jdrop.dropout` instead of ``jax.random.bernoulli``. Importing this
-module imports Equinox; ``import jdrop`` does not.
+:func:`jdrop.dropout` instead of ``jax.random.bernoulli``.
+
+:class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath` are
+subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
+:func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
+else (``inference``, ``eqx.nn.inference_mode``, ``key=``) is inherited
+unchanged. Importing this module imports Equinox; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import equinox as eqx
 import jax
+from jax.typing import ArrayLike
 
-from jdrop._checks import _check_rate
-from jdrop._dropout import _dropout_at_rate
+from jdrop._checks import KeyLike, _check_rate
+from jdrop._dropout import _dropout_at_rate, dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, drop_path, gaussian_dropout
 
-__all__ = ["Dropout"]
+__all__ = ["AlphaDropout", "DropPath", "Dropout", "GaussianDropout"]
 
 
 class Dropout(eqx.nn.Dropout):
@@ -50,9 +58,16 @@ class Dropout(eqx.nn.Dropout):
       [1.0, 1.0, 1.0]
     """
 
+    #: Whether ``p == 1`` (zeros) is accepted; False for noise that has no limit there.
+    _allow_rate_one: ClassVar[bool] = True
+
     def __init__(self, p: float = 0.5, inference: bool = False, *, deterministic: bool | None = None) -> None:
-        _check_rate(p, "p")
+        _check_rate(p, "p", allow_one=self._allow_rate_one)
         super().__init__(p, inference, deterministic=deterministic)
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        """The core function for an active call with 0 < p < 1; the subclasses change only this."""
+        return dropout(key, x, keep_prob)
 
     def __call__(
         self,
@@ -92,4 +107,132 @@ class Dropout(eqx.nn.Dropout):
                 )
             return key
 
-        return _dropout_at_rate(draw_key, x, self.p, rate_name="p", deterministic=bool(inference), broadcast_dims=())
+        return _dropout_at_rate(
+            draw_key,
+            x,
+            self.p,
+            rate_name="p",
+            deterministic=bool(inference),
+            broadcast_dims=(),
+            apply=self._apply,
+            allow_rate_one=self._allow_rate_one,
+        )
+
+
+class GaussianDropout(Dropout):
+    """Multiplicative Gaussian noise (Keras ``GaussianDropout(rate)``) as an ``equinox.nn.Dropout``.
+
+    Multiplies ``x`` by noise drawn from N(1, p / (1 - p)), the mean and
+    variance of inverted dropout's factor. For a given key the result is
+    exactly ``jdrop.gaussian_dropout(key, x, 1 - p)``. Everything else is
+    :class:`Dropout`'s (``p == 0`` and inference return ``x`` and need no key;
+    ``p`` may be a JAX array, which gets no gradient).
+
+    Args:
+      p: the drop rate whose variance the noise matches, in [0, 1).
+      inference: if True, the layer is the identity; toggle it for a whole
+        model with ``eqx.nn.inference_mode``.
+      deterministic: deprecated alternative to ``inference``, as in Equinox.
+
+    Raises:
+      ValueError: if ``p`` is outside [0, 1) or NaN (at 1 the variance is infinite).
+
+    Example:
+      >>> import jdrop.equinox
+      >>> layer = jdrop.equinox.GaussianDropout(0.2)
+      >>> y = layer(jnp.ones((1000,)), key=jax.random.key(0))
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      (True, True)
+      >>> layer(jnp.ones(3), inference=True).tolist()
+      [1.0, 1.0, 1.0]
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return gaussian_dropout(key, x, keep_prob)
+
+
+class AlphaDropout(Dropout):
+    """Alpha dropout for SELU networks (``torch.nn.AlphaDropout``, Keras ``AlphaDropout``) as an ``equinox.nn.Dropout``.
+
+    Dropped units are set to SELU's negative saturation value and an affine
+    map keeps mean 0 and variance 1. For a given key the result is exactly
+    ``jdrop.alpha_dropout(key, x, 1 - p)``. Everything else is
+    :class:`Dropout`'s (``p == 0`` and inference return ``x`` and need no key).
+
+    Args:
+      p: the probability of dropping a unit, in [0, 1).
+      inference: if True, the layer is the identity; toggle it for a whole
+        model with ``eqx.nn.inference_mode``.
+      deterministic: deprecated alternative to ``inference``, as in Equinox.
+
+    Raises:
+      ValueError: if ``p`` is outside [0, 1) or NaN (as in torch and Keras).
+
+    Example:
+      >>> import jdrop.equinox
+      >>> layer = jdrop.equinox.AlphaDropout(0.1)
+      >>> x = jax.random.normal(jax.random.key(1), (100_000,))
+      >>> y = layer(x, key=jax.random.key(0))
+      >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
+      (True, True)
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return alpha_dropout(key, x, keep_prob)
+
+
+class DropPath(Dropout):
+    """Stochastic depth (timm ``DropPath``) as an ``equinox.nn.Dropout``.
+
+    Use it on a residual branch, before the sum: ``x + drop_path(f(x), key=key)``.
+    For a given key the result is exactly ``jdrop.drop_path(key, x, 1 - p, mode=mode)``:
+    with ``mode="row"`` each index of axis 0 keeps or drops the whole branch,
+    with ``mode="batch"`` the whole array does. In the Equinox idiom of one
+    example per call (``jax.vmap`` over examples with per-example keys),
+    ``mode="batch"`` is one decision per example. Everything else is
+    :class:`Dropout`'s: ``p == 0`` and inference return ``x`` and ``p == 1``
+    returns zeros, without needing a key.
+
+    Args:
+      p: the probability of dropping the branch, in [0, 1].
+      inference: if True, the layer is the identity; toggle it for a whole
+        model with ``eqx.nn.inference_mode``.
+      mode: ``"row"`` (one decision per index of axis 0) or ``"batch"`` (one
+        for the whole array); a static field.
+      deterministic: deprecated alternative to ``inference``, as in Equinox.
+
+    Raises:
+      ValueError: if ``p`` is outside [0, 1] or NaN, or ``mode`` is not
+        ``"row"`` or ``"batch"``.
+
+    Example:
+      >>> import jdrop.equinox
+      >>> layer = jdrop.equinox.DropPath(0.5)
+      >>> y = layer(jnp.ones((8, 3)), key=jax.random.key(0))
+      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
+      True
+      >>> sorted(set(y.ravel().tolist()))
+      [0.0, 2.0]
+    """
+
+    mode: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inference: bool = False,
+        *,
+        mode: str = "row",
+        deterministic: bool | None = None,
+    ) -> None:
+        if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
+            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
+        super().__init__(p, inference, deterministic=deterministic)
+        self.mode = mode
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return drop_path(key, x, keep_prob, mode=self.mode)

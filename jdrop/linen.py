@@ -1,23 +1,32 @@
-"""jdrop's dropout as a drop-in for ``flax.linen.Dropout``.
+"""jdrop's dropout as a drop-in for ``flax.linen.Dropout``, and its dropout-family variants.
 
 Change ``nn.Dropout`` to ``jdrop.linen.Dropout`` and nothing else: the
 attributes, ``deterministic`` merging, the ``"dropout"`` RNG collection and
 ``make_rng`` work as in Flax, because the class *is* a ``flax.linen.Dropout``
 whose mask comes from :func:`jdrop.dropout` instead of
-``jax.random.bernoulli``. Importing this module imports Flax; ``import jdrop``
-does not.
+``jax.random.bernoulli``.
+
+:class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath` are
+subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
+:func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
+else (the attributes, ``deterministic`` merging, ``make_rng``) is inherited
+unchanged. Importing this module imports Flax; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 from flax import linen
-from flax.linen.module import compact, merge_param
+from flax.linen.module import compact, merge_param, nowrap
+from jax.typing import ArrayLike
 
-from jdrop._checks import _check_rate
-from jdrop._dropout import _dropout_at_rate
+from jdrop._checks import KeyLike, _check_rate
+from jdrop._dropout import _dropout_at_rate, dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, drop_path, gaussian_dropout
 
-__all__ = ["Dropout"]
+__all__ = ["AlphaDropout", "DropPath", "Dropout", "GaussianDropout"]
 
 
 class Dropout(linen.Dropout):
@@ -49,9 +58,17 @@ class Dropout(linen.Dropout):
       True
     """
 
+    #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
+    _allow_rate_one: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
-        _check_rate(self.rate, "rate")
+        _check_rate(self.rate, "rate", allow_one=self._allow_rate_one)
         super().__post_init__()
+
+    @nowrap
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
+        return dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
 
     @compact
     def __call__(
@@ -83,4 +100,131 @@ class Dropout(linen.Dropout):
             rate_name="rate",
             deterministic=deterministic,
             broadcast_dims=self.broadcast_dims,
+            apply=self._apply,
+            allow_rate_one=self._allow_rate_one,
         )
+
+
+class GaussianDropout(Dropout):
+    """Multiplicative Gaussian noise (Keras ``GaussianDropout(rate)``) as a ``flax.linen.Dropout``.
+
+    Multiplies the inputs by noise drawn from N(1, rate / (1 - rate)), the
+    mean and variance of inverted dropout's factor. For the key that
+    :class:`Dropout` would use (``make_rng(rng_collection)`` or the call's
+    ``rng``), the result is exactly
+    ``jdrop.gaussian_dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
+    Everything else is :class:`Dropout`'s (``rate == 0`` and evaluation return
+    the inputs without drawing a key).
+
+    Attributes:
+      rate: the drop rate whose variance the noise matches, in [0, 1).
+      broadcast_dims: axes along which the noise is shared.
+      deterministic: True for evaluation; may instead be given at call time.
+      rng_collection: the RNG collection to draw keys from.
+
+    Raises:
+      ValueError: when the module is built, if ``rate`` is outside [0, 1) or
+        NaN (at rate 1 the variance is infinite).
+
+    Example:
+      >>> import jdrop.linen
+      >>> layer = jdrop.linen.GaussianDropout(rate=0.2)
+      >>> x = jnp.ones((1000,))
+      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      (True, True)
+      >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
+      True
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    @nowrap
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return gaussian_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+
+
+class AlphaDropout(Dropout):
+    """Alpha dropout for SELU networks (``torch.nn.AlphaDropout``, Keras ``AlphaDropout``) as a ``flax.linen.Dropout``.
+
+    Dropped units are set to SELU's negative saturation value and an affine
+    map keeps mean 0 and variance 1. For the key that :class:`Dropout` would
+    use, the result is exactly
+    ``jdrop.alpha_dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
+    Everything else is :class:`Dropout`'s (``rate == 0`` and evaluation return
+    the inputs without drawing a key).
+
+    Attributes:
+      rate: the probability of dropping a unit, in [0, 1).
+      broadcast_dims: axes along which the mask is shared.
+      deterministic: True for evaluation; may instead be given at call time.
+      rng_collection: the RNG collection to draw keys from.
+
+    Raises:
+      ValueError: when the module is built, if ``rate`` is outside [0, 1) or
+        NaN (as in torch and Keras).
+
+    Example:
+      >>> import jdrop.linen
+      >>> layer = jdrop.linen.AlphaDropout(rate=0.1, deterministic=False)
+      >>> x = jax.random.normal(jax.random.key(1), (100_000,))
+      >>> y = layer.apply({}, x, rngs={"dropout": jax.random.key(0)})
+      >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
+      (True, True)
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    @nowrap
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return alpha_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+
+
+class DropPath(Dropout):
+    """Stochastic depth (timm ``DropPath``) as a ``flax.linen.Dropout``.
+
+    Use it on a residual branch, before the sum:
+    ``x + DropPath(rate, deterministic=not train)(f(x))``. For the key that
+    :class:`Dropout` would use, the result is exactly
+    ``jdrop.drop_path(key, inputs, 1 - rate, mode=mode)``: with
+    ``mode="row"`` each example (index of axis 0) keeps or drops the whole
+    branch, with ``mode="batch"`` the whole batch does. Everything else is
+    :class:`Dropout`'s: ``rate == 0`` and evaluation return the inputs and
+    ``rate == 1`` returns zeros, without drawing a key. The inherited
+    ``broadcast_dims`` attribute must stay ``()``: ``mode`` says what is shared.
+
+    Attributes:
+      rate: the probability of dropping the branch, in [0, 1].
+      deterministic: True for evaluation; may instead be given at call time.
+      rng_collection: the RNG collection to draw keys from.
+      mode: ``"row"`` (one decision per example) or ``"batch"``.
+
+    Raises:
+      ValueError: when the module is built, if ``rate`` is outside [0, 1] or
+        NaN, ``mode`` is not ``"row"`` or ``"batch"``, or ``broadcast_dims`` is
+        not empty.
+
+    Example:
+      >>> import jdrop.linen
+      >>> layer = jdrop.linen.DropPath(rate=0.5, deterministic=False)
+      >>> y = layer.apply({}, jnp.ones((8, 3)), rngs={"dropout": jax.random.key(0)})
+      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
+      True
+      >>> sorted(set(y.ravel().tolist()))
+      [0.0, 2.0]
+    """
+
+    mode: str = "row"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str) or self.mode not in DROP_PATH_MODES:
+            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {self.mode!r}.")
+        if tuple(self.broadcast_dims) != ():
+            raise ValueError(
+                f"DropPath takes no broadcast_dims (mode sets what is shared), got {tuple(self.broadcast_dims)}."
+            )
+        super().__post_init__()
+
+    @nowrap
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return drop_path(key, x, keep_prob, mode=self.mode)

@@ -1,23 +1,32 @@
-"""jdrop's dropout as a drop-in for ``flax.nnx.Dropout``.
+"""jdrop's dropout as a drop-in for ``flax.nnx.Dropout``, and its dropout-family variants.
 
 Change ``nnx.Dropout`` to ``jdrop.nnx.Dropout`` and nothing else: the
 constructor, the call, ``model.train()``/``model.eval()``, ``nnx.view`` and the
 RNG streams work as in Flax, because the class *is* an ``nnx.Dropout`` whose
 mask comes from :func:`jdrop.dropout` instead of ``jax.random.bernoulli``.
+
+:class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath` are
+subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
+:func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
+else (the switches, ``nnx.view``, the RNG stream) is inherited unchanged.
 Importing this module imports Flax; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 from flax import nnx
 from flax.nnx import rnglib
 from flax.nnx.module import first_from
+from jax.typing import ArrayLike
 
-from jdrop._checks import _check_rate
-from jdrop._dropout import _dropout_at_rate
+from jdrop._checks import KeyLike, _check_rate
+from jdrop._dropout import _dropout_at_rate, dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, drop_path, gaussian_dropout
 
-__all__ = ["Dropout"]
+__all__ = ["AlphaDropout", "DropPath", "Dropout", "GaussianDropout"]
 
 
 class Dropout(nnx.Dropout):
@@ -56,6 +65,9 @@ class Dropout(nnx.Dropout):
       [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
     """
 
+    #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
+    _allow_rate_one: ClassVar[bool] = True
+
     def __init__(
         self,
         rate: float,
@@ -65,7 +77,7 @@ class Dropout(nnx.Dropout):
         rng_collection: str = "dropout",
         rngs: rnglib.Rngs | rnglib.RngStream | None = None,
     ) -> None:
-        _check_rate(rate, "rate")
+        _check_rate(rate, "rate", allow_one=self._allow_rate_one)
         super().__init__(
             rate,
             broadcast_dims=broadcast_dims,
@@ -73,6 +85,10 @@ class Dropout(nnx.Dropout):
             rng_collection=rng_collection,
             rngs=rngs,
         )
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
+        return dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
 
     def __call__(
         self,
@@ -132,4 +148,135 @@ class Dropout(nnx.Dropout):
             rate_name="rate",
             deterministic=deterministic,
             broadcast_dims=self.broadcast_dims,
+            apply=self._apply,
+            allow_rate_one=self._allow_rate_one,
         )
+
+
+class GaussianDropout(Dropout):
+    """Multiplicative Gaussian noise (Keras ``GaussianDropout(rate)``) as an ``nnx.Dropout``.
+
+    Multiplies the inputs by noise drawn from N(1, rate / (1 - rate)), the
+    mean and variance of inverted dropout's factor. For the key that
+    :class:`Dropout` would draw, the result is exactly
+    ``jdrop.gaussian_dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
+    Everything else is :class:`Dropout`'s: the arguments, ``model.train()``/
+    ``model.eval()``, ``nnx.view`` and the RNG stream (``rate == 0`` and
+    evaluation return the inputs without drawing a key).
+
+    Args:
+      rate: the drop rate whose variance the noise matches, in [0, 1).
+      broadcast_dims: axes along which the noise is shared.
+      deterministic: True for evaluation; as for :class:`Dropout`.
+      rng_collection: the name of the RNG stream to draw keys from.
+      rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
+        to pass ``rngs`` at call time.
+
+    Raises:
+      ValueError: if ``rate`` is outside [0, 1) or NaN (at rate 1 the variance is infinite).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jdrop.nnx
+      >>> layer = jdrop.nnx.GaussianDropout(0.2, rngs=nnx.Rngs(dropout=0))
+      >>> y = layer(jnp.ones((1000,)))
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      (True, True)
+      >>> layer.eval()
+      >>> layer(jnp.ones(3)).tolist()
+      [1.0, 1.0, 1.0]
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return gaussian_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+
+
+class AlphaDropout(Dropout):
+    """Alpha dropout for SELU networks (``torch.nn.AlphaDropout``, Keras ``AlphaDropout``) as an ``nnx.Dropout``.
+
+    Dropped units are set to SELU's negative saturation value and an affine
+    map keeps mean 0 and variance 1. For the key that :class:`Dropout` would
+    draw, the result is exactly
+    ``jdrop.alpha_dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
+    Everything else is :class:`Dropout`'s (``rate == 0`` and evaluation return
+    the inputs without drawing a key).
+
+    Args:
+      rate: the probability of dropping a unit, in [0, 1).
+      broadcast_dims: axes along which the mask is shared.
+      deterministic: True for evaluation; as for :class:`Dropout`.
+      rng_collection: the name of the RNG stream to draw keys from.
+      rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
+        to pass ``rngs`` at call time.
+
+    Raises:
+      ValueError: if ``rate`` is outside [0, 1) or NaN (as in torch and Keras).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jdrop.nnx
+      >>> layer = jdrop.nnx.AlphaDropout(0.1, rngs=nnx.Rngs(dropout=0))
+      >>> x = jax.random.normal(jax.random.key(1), (100_000,))
+      >>> y = layer(x)
+      >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
+      (True, True)
+    """
+
+    _allow_rate_one: ClassVar[bool] = False
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return alpha_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+
+
+class DropPath(Dropout):
+    """Stochastic depth (timm ``DropPath``) as an ``nnx.Dropout``.
+
+    Use it on a residual branch, before the sum: ``x + self.drop_path(f(x))``.
+    For the key that :class:`Dropout` would draw, the result is exactly
+    ``jdrop.drop_path(key, inputs, 1 - rate, mode=mode)``: with
+    ``mode="row"`` each example (index of axis 0) keeps or drops the whole
+    branch, with ``mode="batch"`` the whole batch does. Everything else is
+    :class:`Dropout`'s: ``rate == 0`` and evaluation return the inputs and
+    ``rate == 1`` returns zeros, without drawing a key.
+
+    Args:
+      rate: the probability of dropping the branch, in [0, 1].
+      mode: ``"row"`` (one decision per example) or ``"batch"``.
+      deterministic: True for evaluation; as for :class:`Dropout`.
+      rng_collection: the name of the RNG stream to draw keys from.
+      rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
+        to pass ``rngs`` at call time.
+
+    Raises:
+      ValueError: if ``rate`` is outside [0, 1] or NaN, or ``mode`` is not
+        ``"row"`` or ``"batch"``.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jdrop.nnx
+      >>> layer = jdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+      >>> y = layer(jnp.ones((8, 3)))
+      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
+      True
+      >>> sorted(set(y.ravel().tolist()))
+      [0.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        mode: str = "row",
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+    ) -> None:
+        if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
+            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
+        super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+        self.mode = mode
+
+    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+        return drop_path(key, x, keep_prob, mode=self.mode)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jdrop
 
@@ -61,3 +62,41 @@ def train_seeds(init_params, loss_fn, predict, train, test, steps=200):
 
     keys = jax.random.split(jax.random.key(100), len(SEEDS))
     return np.asarray(jax.jit(jax.vmap(run))(init_params, keys)).tolist()
+
+
+# The dropout-family drop-ins (GaussianDropout, AlphaDropout, DropPath): each
+# host module's class of that name applies the core function below.
+VARIANT_NAMES = ("GaussianDropout", "AlphaDropout", "DropPath")
+NOISE_VARIANT_NAMES = ("GaussianDropout", "AlphaDropout")  # rate in [0, 1)
+CORE_FUNCTIONS = {
+    "GaussianDropout": jdrop.gaussian_dropout,
+    "AlphaDropout": jdrop.alpha_dropout,
+    "DropPath": jdrop.drop_path,
+}
+
+
+def variant_cases(broadcast_dims=True):
+    """pytest params (class name, keyword arguments); the keywords mean the same to the class and its core function."""
+    cases = [
+        ("GaussianDropout", {}),
+        ("AlphaDropout", {}),
+        ("DropPath", {"mode": "row"}),
+        ("DropPath", {"mode": "batch"}),
+    ]
+    if broadcast_dims:
+        cases += [("GaussianDropout", {"broadcast_dims": (1,)}), ("AlphaDropout", {"broadcast_dims": (0, 2)})]
+    return [pytest.param(name, kwargs, id="-".join([name, *map(str, kwargs.values())])) for name, kwargs in cases]
+
+
+#: One input shape for all the variant tests: eager ops compile once per shape.
+VARIANT_SHAPE = (4, 6, 5)
+
+
+def core(name, key, x, rate, **kwargs):
+    """What the drop-in ``name`` at drop rate ``rate`` must return for ``key``."""
+    return CORE_FUNCTIONS[name](key, x, 1 - rate, **kwargs)
+
+
+def assert_constant_along_non_batch_axes(y):
+    y = np.asarray(y).reshape(y.shape[0], -1)
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))

@@ -6,14 +6,21 @@ import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from dropin_helpers import (
+    NOISE_VARIANT_NAMES,
     SEEDS,
+    VARIANT_NAMES,
+    VARIANT_SHAPE,
+    assert_constant_along_non_batch_axes,
     assert_same_accuracy_within_seed_noise,
     bit_identical,
+    core,
     cross_entropy,
     noisy_blobs,
     train_seeds,
+    variant_cases,
 )
 
 import jdrop
@@ -207,3 +214,91 @@ def test_trains_to_the_accuracy_of_equinox_dropout():
     dropin = train_mlp(jdrop.equinox.Dropout, train, test)
     assert min(host + dropin) > 0.5  # four classes: chance is 0.25
     assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))
+
+
+# The dropout-family drop-ins: GaussianDropout, AlphaDropout and DropPath (no
+# broadcast_dims here: Equinox's Dropout has none).
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases(broadcast_dims=False))
+def test_variant_is_the_core_function_for_the_key_bit_for_bit(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = getattr(jdrop.equinox, name)(0.3, **kwargs)
+    key = jax.random.key(5)
+    bit_identical(layer(x, key=key), core(name, jax.random.clone(key), x, 0.3, **kwargs))
+    raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
+    bit_identical(layer(x, key=raw_key), core(name, raw_key, x, 0.3, **kwargs))
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_is_an_equinox_dropout_and_inference_and_p_zero_return_the_input(name):
+    cls = getattr(jdrop.equinox, name)
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = cls(0.5)
+    assert isinstance(layer, eqx.nn.Dropout) and isinstance(layer, jdrop.equinox.Dropout)
+    # No key given: these need none, as in Equinox.
+    assert layer(x, inference=True) is x
+    assert cls(0.5, inference=True)(x) is x
+    assert eqx.nn.inference_mode(layer)(x) is x
+    assert cls(0.0)(x) is x
+    with pytest.raises(RuntimeError, match="needs a key"):
+        layer(x)
+
+
+def test_variants_switch_with_inference_mode():
+    model = eqx.nn.Sequential(
+        [jdrop.equinox.GaussianDropout(0.2), jdrop.equinox.AlphaDropout(0.2), jdrop.equinox.DropPath(0.2)]
+    )
+    x = jnp.ones(VARIANT_SHAPE)
+    evaluation = eqx.nn.inference_mode(model)
+    assert all(layer.inference for layer in evaluation.layers)
+    bit_identical(evaluation(x), x)
+    training = eqx.nn.inference_mode(evaluation, value=False)
+    assert not np.array_equal(training(x, key=jax.random.key(0)), x)
+
+
+def test_drop_path_p_one_gives_zeros_and_row_mode_is_constant_along_non_batch_axes():
+    x = jnp.ones(VARIANT_SHAPE)
+    bit_identical(jdrop.equinox.DropPath(1.0)(x), jnp.zeros_like(x))  # no key needed
+    layer = jdrop.equinox.DropPath(0.5)
+    assert layer.mode == "row"
+    rows = set()
+    for key in jax.random.split(jax.random.key(0), 4):
+        y = layer(x, key=key)
+        assert_constant_along_non_batch_axes(y)
+        rows |= set(np.asarray(y)[:, 0, 0].tolist())
+    assert rows == {0.0, 2.0}  # rows are dropped whole or kept whole, scaled by 1 / 0.5
+    batch = jdrop.equinox.DropPath(0.5, mode="batch")(x, key=jax.random.key(1))
+    assert len(np.unique(batch)) == 1
+    # mode is a static field: it is no leaf, so filter_jit specialises on it.
+    assert jax.tree_util.tree_leaves(jdrop.equinox.DropPath(0.5, mode="batch")) == [0.5, False]
+
+
+def test_variant_errors_name_the_argument_and_the_range():
+    for name in NOISE_VARIANT_NAMES:
+        for bad in (1.0, 1.5, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+                getattr(jdrop.equinox, name)(bad)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+            jdrop.equinox.DropPath(bad)
+    for mode in ("rows", None):
+        with pytest.raises(ValueError, match=r"mode must be one of \('row', 'batch'\)"):
+            jdrop.equinox.DropPath(0.1, mode=mode)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases(broadcast_dims=False))
+def test_variant_under_filter_jit_and_its_gradients_reach_the_inputs(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = getattr(jdrop.equinox, name)(0.25, **kwargs)
+    key = jax.random.key(4)
+    out = eqx.filter_jit(lambda layer, x, key: layer(x, key=key))(layer, x, key)
+    bit_identical(out, jax.jit(lambda k, x: core(name, k, x, 0.25, **kwargs))(jax.random.clone(key), x))
+
+    @eqx.filter_jit
+    def grads(layer, x, key):
+        return jax.grad(lambda x: jnp.sum(jnp.sin(layer(x, key=key))))(x)
+
+    expected = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(core(name, k, x, 0.25, **kwargs)))))
+    bit_identical(grads(layer, x, jax.random.clone(key)), expected(x, jax.random.clone(key)))
+    assert np.any(np.asarray(expected(x, jax.random.clone(key))) != 0)

@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,12 +11,18 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 from dropin_helpers import (
+    NOISE_VARIANT_NAMES,
     SEEDS,
+    VARIANT_NAMES,
+    VARIANT_SHAPE,
+    assert_constant_along_non_batch_axes,
     assert_same_accuracy_within_seed_noise,
     bit_identical,
+    core,
     cross_entropy,
     noisy_blobs,
     train_seeds,
+    variant_cases,
 )
 
 import jdrop
@@ -203,3 +210,84 @@ def test_trains_to_the_accuracy_of_flax_dropout():
     dropin = train_mlp(jdrop.linen.Dropout, train, test)
     assert min(host + dropin) > 0.5  # four classes: chance is 0.25
     assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))
+
+
+# The dropout-family drop-ins: GaussianDropout, AlphaDropout and DropPath.
+
+
+def make_rng_key(layer, key):
+    """The key that ``make_rng(layer.rng_collection)`` gives ``layer``'s scope for ``rngs={collection: key}``."""
+    return nn.Module.apply(layer, {}, rngs={layer.rng_collection: key}, method=lambda m: m.make_rng(m.rng_collection))
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases())
+def test_variant_is_the_core_function_for_make_rngs_key_bit_for_bit(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    key = jax.random.key(5)
+    layer = getattr(jdrop.linen, name)(0.3, deterministic=False, **kwargs)
+    bit_identical(layer.apply({}, x, rng=key), core(name, jax.random.clone(key), x, 0.3, **kwargs))
+    through_make_rng = layer.apply({}, x, rngs={"dropout": jax.random.clone(key)})
+    drawn = make_rng_key(layer, jax.random.clone(key))
+    bit_identical(through_make_rng, core(name, drawn, x, 0.3, **kwargs))
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_is_a_linen_dropout_and_deterministic_and_rate_zero_return_the_input(name):
+    cls = getattr(jdrop.linen, name)
+    assert isinstance(cls(0.5), nn.Dropout) and isinstance(cls(0.5), jdrop.linen.Dropout)
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    # No rngs given: these must not call make_rng (which would raise without a "dropout" collection).
+    bit_identical(cls(0.5).apply({}, x, deterministic=True), x)
+    bit_identical(cls(0.5, deterministic=True).apply({}, x), x)
+    bit_identical(cls(0.0, deterministic=False).apply({}, x), x)
+    with pytest.raises(flax.errors.InvalidRngError):  # an active layer does need the collection
+        cls(0.5, deterministic=False).apply({}, x)
+
+
+def test_drop_path_rate_one_gives_zeros_and_row_mode_is_constant_along_non_batch_axes():
+    x = jnp.ones(VARIANT_SHAPE)
+    one = jdrop.linen.DropPath(1.0, deterministic=False)
+    bit_identical(one.apply({}, x), jnp.zeros_like(x))  # no rngs needed: no key is drawn
+    layer = jdrop.linen.DropPath(0.5, deterministic=False)
+    rows = set()
+    for key in jax.random.split(jax.random.key(0), 4):
+        y = layer.apply({}, x, rngs={"dropout": key})
+        assert_constant_along_non_batch_axes(y)
+        rows |= set(np.asarray(y)[:, 0, 0].tolist())
+    assert rows == {0.0, 2.0}  # rows are dropped whole or kept whole, scaled by 1 / 0.5
+    batch = jdrop.linen.DropPath(0.5, deterministic=False, mode="batch").apply({}, x, rng=jax.random.key(1))
+    assert len(np.unique(batch)) == 1
+
+
+def test_variant_errors_name_the_argument_and_the_range():
+    for name in NOISE_VARIANT_NAMES:
+        for bad in (1.0, 1.5, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+                getattr(jdrop.linen, name)(bad)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+            jdrop.linen.DropPath(bad)
+    for mode in ("rows", None):
+        with pytest.raises(ValueError, match=r"mode must be one of \('row', 'batch'\)"):
+            jdrop.linen.DropPath(0.1, mode=mode)
+    with pytest.raises(ValueError, match="DropPath takes no broadcast_dims"):
+        jdrop.linen.DropPath(0.1, broadcast_dims=(1,))
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases(broadcast_dims=False))
+def test_variant_under_jit_and_its_gradients_reach_the_inputs(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = getattr(jdrop.linen, name)(0.25, deterministic=False, **kwargs)
+    key = jax.random.key(4)
+    out = jax.jit(lambda x, k: layer.apply({}, x, rngs={"dropout": k}))(x, key)
+    drawn = make_rng_key(layer, jax.random.clone(key))
+    bit_identical(out, jax.jit(lambda k, x: core(name, k, x, 0.25, **kwargs))(drawn, x))
+
+    def loss(apply):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(apply(k, x)))))
+
+    # Key 1 keeps the branch for mode="batch" (key 6 would drop it, and all gradients would be 0).
+    grads = loss(lambda k, x: layer.apply({}, x, rng=k))(x, jax.random.key(1))
+    expected = loss(lambda k, x: core(name, k, x, 0.25, **kwargs))(x, jax.random.key(1))
+    bit_identical(grads, expected)
+    assert np.any(np.asarray(expected) != 0)

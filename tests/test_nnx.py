@@ -9,12 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from dropin_helpers import (
+    NOISE_VARIANT_NAMES,
     SEEDS,
+    VARIANT_NAMES,
+    VARIANT_SHAPE,
+    assert_constant_along_non_batch_axes,
     assert_same_accuracy_within_seed_noise,
     bit_identical,
+    core,
     cross_entropy,
     noisy_blobs,
     train_seeds,
+    variant_cases,
 )
 from flax import nnx
 
@@ -274,3 +280,103 @@ def test_import_jdrop_imports_neither_flax_nor_equinox():
     code = "import sys, jdrop; print(sorted(m for m in ('flax', 'equinox') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# The dropout-family drop-ins: GaussianDropout, AlphaDropout and DropPath.
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases())
+def test_variant_is_the_core_function_for_the_streams_keys_bit_for_bit(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = getattr(jdrop.nnx, name)(0.3, rngs=nnx.Rngs(dropout=7), **kwargs)
+    twin = twin_stream(7)
+    for _ in range(3):  # every call draws the stream's next key
+        bit_identical(layer(x), core(name, twin(), x, 0.3, **kwargs))
+    assert layer.rngs.count[...] == 3
+    key = jax.random.key(3)
+    bit_identical(layer(x, rngs=key), core(name, jax.random.clone(key), x, 0.3, **kwargs))
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_is_an_nnx_dropout_and_eval_and_rate_zero_return_the_input_without_a_key(name):
+    cls = getattr(jdrop.nnx, name)
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = cls(0.5, rngs=nnx.Rngs(dropout=0))
+    assert isinstance(layer, nnx.Dropout) and isinstance(layer, jdrop.nnx.Dropout)
+    layer.eval()
+    assert layer(x) is x
+    layer.train()
+    assert layer(x, deterministic=True) is x
+    assert nnx.view(layer, deterministic=True)(x) is x
+    zero = cls(0.0, rngs=nnx.Rngs(dropout=0))
+    assert zero(x) is x
+    assert layer.rngs.count[...] == 0 and zero.rngs.count[...] == 0  # no key drawn, as in Flax
+
+
+def test_variants_switch_with_the_model_like_dropout():
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.gaussian = jdrop.nnx.GaussianDropout(0.2, rngs=rngs)
+            self.alpha = jdrop.nnx.AlphaDropout(0.2, rngs=rngs)
+            self.drop_path = jdrop.nnx.DropPath(0.2, rngs=rngs)
+
+        def __call__(self, x):
+            return x + self.drop_path(self.alpha(self.gaussian(x)))
+
+    block = Block(nnx.Rngs(dropout=1))
+    x = jnp.ones(VARIANT_SHAPE)
+    block.eval()
+    bit_identical(block(x), 2 * x)
+    block.train()
+    assert not np.array_equal(block(x), 2 * x)
+    bit_identical(nnx.view(block, only=nnx.Dropout, deterministic=True)(x), 2 * x)
+
+
+def test_drop_path_rate_one_gives_zeros_and_row_mode_is_constant_along_non_batch_axes():
+    x = jnp.ones(VARIANT_SHAPE)
+    one = jdrop.nnx.DropPath(1.0, rngs=nnx.Rngs(dropout=0))
+    bit_identical(one(x), jnp.zeros_like(x))
+    assert one.rngs.count[...] == 0
+    layer = jdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+    rows = set()
+    for _ in range(4):
+        y = layer(x)
+        assert_constant_along_non_batch_axes(y)
+        rows |= set(np.asarray(y)[:, 0, 0].tolist())
+    assert rows == {0.0, 2.0}  # rows are dropped whole or kept whole, scaled by 1 / 0.5
+    batch = jdrop.nnx.DropPath(0.5, mode="batch", rngs=nnx.Rngs(dropout=0))(x)
+    assert len(np.unique(batch)) == 1
+
+
+def test_variant_errors_name_the_argument_and_the_range():
+    for name in NOISE_VARIANT_NAMES:
+        for bad in (1.0, 1.5, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+                getattr(jdrop.nnx, name)(bad)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+            jdrop.nnx.DropPath(bad)
+    for mode in ("rows", None):
+        with pytest.raises(ValueError, match=r"mode must be one of \('row', 'batch'\)"):
+            jdrop.nnx.DropPath(0.1, mode=mode)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), variant_cases(broadcast_dims=False))
+def test_variant_under_nnx_jit_and_its_gradients_reach_the_inputs(name, kwargs):
+    x = jax.random.normal(jax.random.key(0), VARIANT_SHAPE)
+    layer = getattr(jdrop.nnx, name)(0.25, rngs=nnx.Rngs(dropout=2), **kwargs)
+    twin = twin_stream(2)
+    jitted_core = jax.jit(lambda key, x: core(name, key, x, 0.25, **kwargs))
+    forward = nnx.jit(lambda m, x: m(x))
+    first, second = forward(layer, x), forward(layer, x)
+    bit_identical(first, jitted_core(twin(), x))
+    bit_identical(second, jitted_core(twin(), x))
+
+    @nnx.jit
+    def grads(m, x, key):
+        return jax.grad(lambda x: jnp.sum(jnp.sin(m(x, rngs=key))))(x)
+
+    key = jax.random.key(4)
+    expected = jax.jit(jax.grad(lambda x, key: jnp.sum(jnp.sin(core(name, key, x, 0.25, **kwargs)))))
+    bit_identical(grads(layer, x, key), expected(x, jax.random.clone(key)))
+    assert np.any(np.asarray(expected(x, jax.random.clone(key))) != 0)
