@@ -68,8 +68,12 @@ class InitTest(parameterized.TestCase):
 
 class ApplyTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters(
-        ("relu", jax.nn.relu), ("tanh", jnp.tanh), ("sigmoid", jax.nn.sigmoid), ("gelu", jax.nn.gelu)
+    # Named, so that test ids do not contain function addresses (pytest-xdist workers must agree on them).
+    @parameterized.named_parameters(
+        ("relu", "relu", jax.nn.relu),
+        ("tanh", "tanh", jnp.tanh),
+        ("sigmoid", "sigmoid", jax.nn.sigmoid),
+        ("gelu", "gelu", jax.nn.gelu),
     )
     def test_deterministic_equals_the_hand_written_forward_pass(self, name, function):
         params = jdrop.mlp_init(jax.random.key(0), SIZES, activation=name)
