@@ -374,6 +374,20 @@ class TransformationTest(chex.TestCase):
         slope = (out - offset) / x
         chex.assert_trees_all_close(out_tangent, slope * tangent, rtol=1e-5, atol=1e-6)
 
+    @parameterized.parameters("gaussian_dropout", "alpha_dropout", "drop_path", "concrete_dropout")
+    def test_a_traced_keep_probability_compiles_once(self, name):
+        fn = getattr(jdrop, name)
+        chex.clear_trace_counter()  # the counter is per code location, shared by the parameters
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def noisy(key, keep):  # keep: a keep probability, or for concrete dropout a keep logit
+            return fn(key, jnp.ones((64, 8)), keep)
+
+        key = jax.random.key(30)
+        low, high = noisy(key, 0.3), noisy(jax.random.clone(key), 0.9)
+        assert not np.array_equal(low, high)
+
     @parameterized.parameters(*FUNCTIONS)
     def test_deterministic_returns_the_input_without_a_key(self, name):
         x = jnp.ones(5)
