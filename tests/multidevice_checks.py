@@ -18,6 +18,18 @@ def same_mask_and_close(out: object, expected: object) -> bool:
     return bool(np.array_equal(out == 0, expected == 0) and np.all(np.abs(out - expected) <= 2 * spacing))
 
 
+def close(out: object, expected: object) -> bool:
+    """Within 1e-6 (relative and absolute): far below the O(1) change that other noise would make.
+
+    For the continuous variants, whose last bit may change with the per-device
+    shapes (XLA fuses ``a * x + b`` into a multiply-add or not), and near 0 an
+    ulp-based test fails on such cancellation.
+    """
+    import numpy as np
+
+    return bool(np.allclose(np.asarray(out), np.asarray(expected), rtol=1e-6, atol=1e-6))
+
+
 def main() -> None:
     import jax
     import jax.numpy as jnp
@@ -49,9 +61,9 @@ def main() -> None:
     apply = jax.jit(lambda p, x, k: jdrop.mlp_apply(p, x, key=k, keep_probs=keep_probs))
     drop = jax.jit(lambda k, x: jdrop.dropout(k, x, 0.7))
     fused = jax.jit(lambda k, x: jdrop.activation_dropout(k, x, 0.7, activation="tanh"))
-    # The dropout family: continuous noise goes through ndtri, log and exp,
-    # which XLA may evaluate to a different last bit for other per-device
-    # shapes, so those compare within 2 ulps (and exactly where zero).
+    # The dropout family: continuous noise goes through log, sqrt and exp, and
+    # alpha dropout's affine map through a multiply-add, which XLA may evaluate
+    # to a different last bit for other per-device shapes; compared with close().
     variants = {
         "gaussian_dropout": jax.jit(lambda k, x: jdrop.gaussian_dropout(k, x, 0.7)),
         "alpha_dropout": jax.jit(lambda k, x: jdrop.alpha_dropout(k, x, 0.7)),
@@ -88,10 +100,7 @@ def main() -> None:
             ),
             "mask": bool(np.array_equal(mask, reference["mask"])),
             "mask_sharding_kept": mask.sharding.is_equivalent_to(sharding, 2),
-            **{
-                name: same_mask_and_close(fn(jax.random.clone(key), xs), variant_reference[name])
-                for name, fn in variants.items()
-            },
+            **{name: close(fn(jax.random.clone(key), xs), variant_reference[name]) for name, fn in variants.items()},
             "mlp": bool(np.array_equal(apply(params, xs_int, jax.random.clone(key)), reference["mlp"])),
             "collectives": [op for op in COLLECTIVES if op in hlo],
             "variant_collectives": [
