@@ -236,6 +236,20 @@ class ConcreteDropoutTest(chex.TestCase):
         )
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*DTYPES)
+    def test_dtypes_round_the_float32_result_once(self, dtype):
+        key = jax.random.key(0)
+        x = jax.random.normal(jax.random.key(31), (32, 48)).astype(dtype)
+        out = self.variant(lambda k, x: jdrop.concrete_dropout(k, x, 1.5))(key, x)
+        chex.assert_type(out, dtype)
+        factor = jdrop.concrete_dropout(jax.random.clone(key), jnp.ones((32, 48)), 1.5)  # relaxed mask / p
+        expected = np.asarray((x.astype(jnp.float32) * factor).astype(dtype), np.float32)
+        eps = float(jnp.finfo(dtype).eps)
+        np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=2 * eps, atol=4 * eps)
+        grad = jax.grad(lambda ell: jnp.sum(jdrop.concrete_dropout(jax.random.clone(key), x, ell).astype(jnp.float32)))
+        assert np.isfinite(float(grad(jnp.float32(1.5))))
+
     @parameterized.parameters(0.1, 0.5, 0.9)
     def test_relaxed_mask_is_above_one_half_with_the_keep_probability(self, keep):
         # sigmoid((l + L) / t) > 1/2 exactly when L > -l, which has probability sigmoid(l) = keep.
