@@ -1,7 +1,9 @@
-r"""The mask generator: 16-bit uniforms from a keyed hash of each entry's position.
+r"""The generator: uniform words from a keyed hash of each entry's position.
 
 Entry ``(row, col)`` of a draw, where ``row`` is the row-major index of the
-leading axes and ``col`` the index along the last axis, gets the top 16 bits of
+leading axes and ``col`` the index along the last axis, gets the 32-bit word
+:math:`h` (:func:`bits32`; the Gaussian and concrete dropout noise) whose top
+16 bits are what masks compare (:func:`uniform16`):
 
 .. math::
 
@@ -20,8 +22,9 @@ coincidences, never along runs (the weakness of an additive row offset).
 
 Everything is elementwise in the position: a mask does not depend on how its
 array is laid out or sharded, and a device holding a shard computes only that
-shard's values. :func:`hash16` is the same function on explicit counters, for
-the raw streams that ``benchmarks/rng_streams.py`` feeds to PractRand.
+shard's values. :func:`hash32` and :func:`hash16` are the same functions on
+explicit counters, for the raw streams that ``benchmarks/rng_streams.py``
+feeds to PractRand.
 """
 
 from __future__ import annotations
