@@ -5,6 +5,7 @@ Also the one dtype rule they share, :func:`_compute_dtype`.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Sequence
@@ -161,3 +162,50 @@ def _check_keep_probs_sequence(keep_probs: object, per_layer: str) -> None:
     sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
     if not (sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)):
         raise TypeError(f"keep_probs must be a sequence with {per_layer}, got {keep_probs!r}.")
+
+
+def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
+    if isinstance(keep_logit, bool | np.bool_):
+        raise TypeError(f"keep_logit must be a real number or floating array, got {keep_logit!r}.")
+    if isinstance(keep_logit, numbers.Real):
+        keep_logit = float(keep_logit)
+    array = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"keep_logit must be floating (it is learned by gradient descent), got dtype {array.dtype}.")
+    return array
+
+
+def _check_positive(value: ArrayLike, name: str) -> None:
+    """A positive, finite Python number or concrete scalar; a traced scalar passes unchecked."""
+    if isinstance(value, jax.core.Tracer):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
+        return
+    if isinstance(value, bool) or np.ndim(value) != 0:
+        raise TypeError(f"{name} must be a positive real number, got {value!r}.")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a positive real number, got {value!r}.") from error
+    if not 0.0 < number < math.inf:  # NaN fails too
+        raise ValueError(f"{name} must be positive and finite, got {number}.")
+
+
+def _initial_keep_logit(rate: float | jax.Array, name: str) -> float:
+    """The keep logit ``log((1 - rate) / rate)`` of an initial drop rate in (0, 1), for the concrete dropout modules.
+
+    The rate is learned from there, so 0 and 1 (logits of -inf and +inf) are
+    not accepted.
+    """
+    accepted = f"{name} must be in (0, 1) (the initial probability of dropping a unit, which is then learned)"
+    if isinstance(rate, jax.core.Tracer | bool | np.bool_) or np.ndim(rate) != 0:
+        raise TypeError(f"{accepted}, got {rate!r}.")
+    dtype = getattr(rate, "dtype", None)
+    if not isinstance(rate, numbers.Real) and not (
+        dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    ):
+        raise TypeError(f"{accepted}, got {rate!r}.")
+    value = float(rate)
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise ValueError(f"{accepted}, got {value}.")
+    return math.log((1.0 - value) / value)

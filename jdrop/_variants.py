@@ -11,12 +11,10 @@ through :func:`jdrop._generator.half_uniform`, not the 16 a mask compares.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jdrop._checks import (
@@ -26,7 +24,9 @@ from jdrop._checks import (
     _check_count,
     _check_deterministic,
     _check_floating,
+    _check_keep_logit,
     _check_keep_prob,
+    _check_positive,
     _compute_dtype,
 )
 from jdrop._dropout import _draw_mask, dropout
@@ -285,31 +285,33 @@ def drop_path(
     )
 
 
-def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
-    if isinstance(keep_logit, bool | np.bool_):
-        raise TypeError(f"keep_logit must be a real number or floating array, got {keep_logit!r}.")
-    if isinstance(keep_logit, numbers.Real):
-        keep_logit = float(keep_logit)
-    array = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(f"keep_logit must be floating (it is learned by gradient descent), got dtype {array.dtype}.")
-    return array
+def _concrete_dropout_in_module(
+    key_fn: Callable[[], KeyLike | None],
+    x: ArrayLike,
+    keep_logit: ArrayLike,
+    *,
+    temperature: float,
+    deterministic: bool,
+    broadcast_dims: Sequence[int],
+    input_name: str = "inputs",
+) -> jax.Array:
+    """:func:`concrete_dropout` as the Flax and Equinox modules need it: every check first, then a key only if active.
 
-
-def _check_positive(value: ArrayLike, name: str) -> None:
-    """A positive, finite Python number or concrete scalar; a traced scalar passes unchecked."""
-    if isinstance(value, jax.core.Tracer):
-        if value.shape != ():
-            raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
-        return
-    if isinstance(value, bool) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a positive real number, got {value!r}.")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be a positive real number, got {value!r}.") from error
-    if not 0.0 < number < math.inf:  # NaN fails too
-        raise ValueError(f"{name} must be positive and finite, got {number}.")
+    ``key_fn`` is called only when ``deterministic`` is False, so that a host's
+    RNG stream advances only when noise is drawn (as with the host's Dropout),
+    and only after the arguments have been checked.
+    """
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    _check_floating(x, input_name)
+    _check_deterministic(deterministic)
+    # With deterministic=True this checks everything else and returns x without a key.
+    checked = concrete_dropout(
+        None, x, keep_logit, temperature=temperature, deterministic=True, broadcast_dims=broadcast_dims
+    )
+    if deterministic:
+        return checked
+    return concrete_dropout(key_fn(), x, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)
 
 
 def concrete_dropout(

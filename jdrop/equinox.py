@@ -9,23 +9,35 @@ Equinox, because the class *is* an ``eqx.nn.Dropout`` whose mask comes from
 subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
 :func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
 else (``inference``, ``eqx.nn.inference_mode``, ``key=``) is inherited
-unchanged. Importing this module imports Equinox; ``import jdrop`` does not.
+unchanged. :class:`ConcreteDropout` is :func:`jdrop.concrete_dropout` as an
+Equinox module whose keep probability is an array field, learned with the
+weights; it has an ``inference`` field, so ``eqx.nn.inference_mode`` switches
+it too. Importing this module imports Equinox; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jdrop._checks import KeyLike, _check_rate
+from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
 from jdrop._dropout import _dropout_at_rate, dropout
-from jdrop._variants import DROP_PATH_MODES, alpha_dropout, drop_path, gaussian_dropout
+from jdrop._variants import (
+    DROP_PATH_MODES,
+    _concrete_dropout_in_module,
+    alpha_dropout,
+    concrete_dropout_regularizer,
+    drop_path,
+    gaussian_dropout,
+)
 
-__all__ = ["AlphaDropout", "DropPath", "Dropout", "GaussianDropout"]
+__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
 
 
 class Dropout(eqx.nn.Dropout):
@@ -236,3 +248,137 @@ class DropPath(Dropout):
 
     def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
         return drop_path(key, x, keep_prob, mode=self.mode)
+
+
+class ConcreteDropout(eqx.Module):
+    """Concrete dropout (Gal, Hron and Kendall 2017) as an Equinox module whose keep probability is learned.
+
+    The module form of :func:`jdrop.concrete_dropout`: the keep probability is
+    ``sigmoid(keep_logit)`` for the array field ``keep_logit``, which gradients
+    reach through the relaxed mask (``eqx.filter_grad`` and
+    ``eqx.is_inexact_array`` partitions include it), so it is learned with the
+    weights. For a given key the result is exactly
+    ``jdrop.concrete_dropout(key, x, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)``.
+    ``inference`` is a field like ``eqx.nn.Dropout``'s, so
+    ``eqx.nn.inference_mode`` switches this layer with the model's others;
+    inference returns ``x`` and needs no key. ``temperature`` and
+    ``broadcast_dims`` are static fields.
+
+    Train the keep probability with the data loss plus :meth:`regularizer` for
+    the layer whose weights multiply the dropped units; without that term it
+    only grows towards 1.
+
+    Args:
+      p: the *initial* probability of dropping a unit, in (0, 1); the paper
+        starts at 0.1. ``keep_logit`` starts at ``log((1 - p) / p)``.
+      logit_shape: the shape of ``keep_logit``: ``()`` for one keep probability,
+        ``(features,)`` for one per feature (last axis); it must broadcast to
+        ``x``'s shape without changing it.
+      temperature: the relaxation's temperature, > 0; lower is closer to a hard
+        mask, with noisier gradients.
+      broadcast_dims: axes along which the noise is shared.
+      inference: if True, the layer is the identity; toggle it for a whole
+        model with ``eqx.nn.inference_mode``.
+
+    Raises:
+      ValueError: if ``p`` is outside (0, 1) or NaN, ``temperature`` is not
+        positive and finite, or ``logit_shape`` has a negative size.
+      TypeError: if ``p`` or ``temperature`` is not a real number, or
+        ``logit_shape`` or ``broadcast_dims`` is not a sequence of ints.
+
+    Example:
+      >>> import jdrop.equinox
+      >>> layer = jdrop.equinox.ConcreteDropout(0.1)
+      >>> round(float(layer.keep_prob), 4)  # the initial value; learned from here on
+      0.9
+      >>> y = layer(jnp.ones((10_000,)), key=jax.random.key(0))
+      >>> round(float(y.mean()), 1)  # kept units are scaled by 1 / keep_prob
+      1.0
+      >>> reg = layer.regularizer(jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0)  # add to the loss
+      >>> layer(jnp.ones(3), inference=True).tolist()
+      [1.0, 1.0, 1.0]
+    """
+
+    keep_logit: jax.Array
+    inference: bool
+    temperature: float = eqx.field(static=True)
+    broadcast_dims: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        p: float = 0.1,
+        *,
+        logit_shape: Sequence[int] = (),
+        temperature: float = 0.1,
+        broadcast_dims: Sequence[int] = (),
+        inference: bool = False,
+    ) -> None:
+        logit = _initial_keep_logit(p, "p")
+        shape = _check_shape(logit_shape)
+        _check_positive(temperature, "temperature")
+        self.keep_logit = jnp.full(shape, logit, jnp.float32)
+        self.inference = inference
+        self.temperature = float(temperature)
+        if isinstance(broadcast_dims, str) or not isinstance(broadcast_dims, Sequence):
+            raise TypeError(f"broadcast_dims must be a sequence of axes, got {broadcast_dims!r}.")
+        self.broadcast_dims = tuple(broadcast_dims)  # hashable: a static field
+
+    @property
+    def keep_prob(self) -> jax.Array:
+        """The current keep probability, ``sigmoid(keep_logit)``, of ``keep_logit``'s shape."""
+        return jax.nn.sigmoid(self.keep_logit)
+
+    def regularizer(self, kernel: ArrayLike, *, num_examples: int, length_scale: float) -> jax.Array:
+        """This layer's term of the training objective: :func:`jdrop.concrete_dropout_regularizer`.
+
+        Add it to the mean loss over a batch, for every concrete dropout layer.
+
+        Args:
+          kernel: the weights that multiply this layer's outputs, shape
+            ``(..., K, out)``. Note that ``eqx.nn.Linear.weight`` has shape
+            ``(out, K)``: pass its transpose, ``linear.weight.T``.
+          num_examples: the size of the training set, an int >= 1.
+          length_scale: the prior length-scale of the weights, > 0.
+
+        Returns:
+          A scalar, float32.
+        """
+        return concrete_dropout_regularizer(
+            self.keep_logit, kernel, num_examples=num_examples, length_scale=length_scale
+        )
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None, inference: bool | None = None) -> jax.Array:
+        """Applies concrete dropout to ``x``.
+
+        Args:
+          x: a floating array of any shape that ``keep_logit`` broadcasts to.
+          key: a PRNG key; needed unless in inference mode.
+          inference: overrides ``self.inference`` if given.
+
+        Returns:
+          An array with the shape and dtype of ``x``.
+
+        Raises:
+          RuntimeError: if ``key`` is None while active (as Equinox's Dropout).
+          ValueError: if ``keep_logit`` does not broadcast to ``x``'s shape.
+        """
+        if inference is None:
+            inference = self.inference
+
+        def draw_key() -> jax.Array:
+            if key is None:
+                raise RuntimeError(
+                    "jdrop.equinox.ConcreteDropout needs a key when active: call it with key=jax.random.key(...) "
+                    "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
+                )
+            return key
+
+        return _concrete_dropout_in_module(
+            draw_key,
+            x,
+            self.keep_logit,
+            temperature=self.temperature,
+            deterministic=bool(inference),
+            broadcast_dims=self.broadcast_dims,
+            input_name="x",
+        )

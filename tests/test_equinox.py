@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from dropin_helpers import (
     NOISE_VARIANT_NAMES,
@@ -302,3 +303,107 @@ def test_variant_under_filter_jit_and_its_gradients_reach_the_inputs(name, kwarg
     expected = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(core(name, k, x, 0.25, **kwargs)))))
     bit_identical(grads(layer, x, jax.random.clone(key)), expected(x, jax.random.clone(key)))
     assert np.any(np.asarray(expected(x, jax.random.clone(key))) != 0)
+
+
+# ConcreteDropout: the keep probability is an array field, keep_logit.
+
+
+def test_concrete_dropout_is_the_core_function_for_the_key_bit_for_bit():
+    x = jax.random.normal(jax.random.key(0), (4, 6, 5))
+    layer = jdrop.equinox.ConcreteDropout(0.2, temperature=0.2, broadcast_dims=(1,))
+    np.testing.assert_allclose(layer.keep_prob, 0.8, rtol=1e-6)
+    key = jax.random.key(5)
+    expected = jdrop.concrete_dropout(jax.random.clone(key), x, layer.keep_logit, temperature=0.2, broadcast_dims=(1,))
+    bit_identical(layer(x, key=key), expected)
+    raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
+    expected = jdrop.concrete_dropout(raw_key, x, layer.keep_logit, temperature=0.2, broadcast_dims=(1,))
+    bit_identical(layer(x, key=raw_key), expected)
+    # keep_logit and inference are the leaves; temperature and broadcast_dims are static.
+    assert len(jax.tree_util.tree_leaves(layer)) == 2
+    assert eqx.filter(layer, eqx.is_inexact_array).keep_logit is layer.keep_logit
+
+
+def test_concrete_dropout_switches_with_inference_mode_without_a_key():
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    layer = jdrop.equinox.ConcreteDropout(0.3)
+    assert layer(x, inference=True) is x
+    assert jdrop.equinox.ConcreteDropout(inference=True)(x) is x
+    model = eqx.nn.Sequential([jdrop.equinox.Dropout(0.2), layer])
+    evaluation = eqx.nn.inference_mode(model)
+    assert all(layer.inference for layer in evaluation.layers)
+    bit_identical(evaluation(x), x)
+    training = eqx.nn.inference_mode(evaluation, value=False)
+    assert not training.layers[1].inference
+    with pytest.raises(RuntimeError, match="ConcreteDropout needs a key when active"):
+        training.layers[1](x)
+
+
+def test_concrete_dropout_gradient_reaches_keep_logit_per_feature():
+    x = jax.random.normal(jax.random.key(0), (8, 4))
+    layer = jdrop.equinox.ConcreteDropout(0.1, logit_shape=(4,))
+    chex.assert_shape(layer.keep_logit, (4,))
+    key = jax.random.key(2)
+    expected = jdrop.concrete_dropout(jax.random.clone(key), x, layer.keep_logit)
+    bit_identical(layer(x, key=jax.random.clone(key)), expected)
+    grads = eqx.filter_jit(eqx.filter_grad(lambda layer, key: jnp.mean((layer(x, key=key) - x) ** 2)))(layer, key)
+    keep_logit_grad = np.asarray(grads.keep_logit)
+    assert keep_logit_grad.shape == (4,) and np.all(np.isfinite(keep_logit_grad))
+    assert np.all(keep_logit_grad < 0)  # keeping more units makes the output closer to x
+    chex.assert_shape(layer.regularizer(jnp.zeros((4, 3)), num_examples=10, length_scale=1.0), ())
+
+
+def train_concrete_equinox(num_examples, x_scale, steps=100):
+    """Adam on mean((layer(x) - x)^2) + the regulariser with a zero kernel; returns the initial and final keep_prob."""
+    layer = jdrop.equinox.ConcreteDropout(0.3, logit_shape=(4,))
+    x = x_scale * jax.random.normal(jax.random.key(1), (16, 4))
+    optimizer = optax.adam(0.05)
+    kernel = jnp.zeros((4, 1))
+
+    def loss(layer, key):
+        reg = layer.regularizer(kernel, num_examples=num_examples, length_scale=1.0)
+        return jnp.mean((layer(x, key=key) - x) ** 2) + reg
+
+    @eqx.filter_jit
+    def train(layer, keys):
+        params, static = eqx.partition(layer, eqx.is_inexact_array)
+
+        def step(state, key):
+            params, opt_state = state
+            grads = eqx.filter_grad(loss)(eqx.combine(params, static), key)
+            updates, opt_state = optimizer.update(grads, opt_state)
+            return (eqx.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+        return eqx.combine(params, static)
+
+    trained = train(layer, jax.random.split(jax.random.key(2), steps))
+    return np.asarray(layer.keep_prob), np.asarray(trained.keep_prob)
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_concrete_dropout_learns_its_keep_probability_with_adam():
+    # The noise term dominates: keep more.
+    before, after = train_concrete_equinox(num_examples=100_000, x_scale=1.0)
+    assert np.all(after > before + 0.1), (before, after)
+    # The entropy term dominates (small noise, one example): towards 1/2, from 0.7.
+    before, after = train_concrete_equinox(num_examples=1, x_scale=0.1)
+    assert np.all(np.abs(after - 0.5) < 0.05), (before, after)
+
+
+def test_concrete_dropout_errors_name_the_argument_and_the_range():
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"p must be in \(0, 1\)"):
+            jdrop.equinox.ConcreteDropout(bad)
+    with pytest.raises(TypeError, match=r"p must be in \(0, 1\)"):
+        jdrop.equinox.ConcreteDropout(None)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be positive and finite"):
+            jdrop.equinox.ConcreteDropout(temperature=bad)
+    with pytest.raises(ValueError, match="shape must have non-negative sizes"):
+        jdrop.equinox.ConcreteDropout(logit_shape=(-1,))
+    with pytest.raises(TypeError, match="broadcast_dims must be a sequence of axes"):
+        jdrop.equinox.ConcreteDropout(broadcast_dims=1)
+    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+        jdrop.equinox.ConcreteDropout(logit_shape=(3,))(jnp.ones((2, 4)), inference=True)
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        jdrop.equinox.ConcreteDropout()(jnp.ones(3, jnp.int32), key=jax.random.key(0))

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 from dropin_helpers import (
@@ -291,3 +292,100 @@ def test_variant_under_jit_and_its_gradients_reach_the_inputs(name, kwargs):
     expected = loss(lambda k, x: core(name, k, x, 0.25, **kwargs))(x, jax.random.key(1))
     bit_identical(grads, expected)
     assert np.any(np.asarray(expected) != 0)
+
+
+# ConcreteDropout: the keep probability is a parameter, "keep_logit".
+
+
+def test_concrete_dropout_is_the_core_function_for_make_rngs_key_bit_for_bit():
+    x = jax.random.normal(jax.random.key(0), (4, 6, 5))
+    layer = jdrop.linen.ConcreteDropout(0.2, temperature=0.2, broadcast_dims=(1,))
+    params = layer.init(jax.random.key(1), x, deterministic=True)
+    keep_logit = params["params"]["keep_logit"]
+    chex.assert_shape(keep_logit, ())
+    np.testing.assert_allclose(jax.nn.sigmoid(keep_logit), 0.8, rtol=1e-6)
+    key = jax.random.key(5)
+    expected = jdrop.concrete_dropout(key, x, keep_logit, temperature=0.2, broadcast_dims=(1,))
+    bit_identical(layer.apply(params, x, deterministic=False, rng=jax.random.clone(key)), expected)
+    through_make_rng = layer.apply(params, x, deterministic=False, rngs={"dropout": jax.random.clone(key)})
+    drawn = make_rng_key(layer, jax.random.clone(key))
+    expected = jdrop.concrete_dropout(drawn, x, keep_logit, temperature=0.2, broadcast_dims=(1,))
+    bit_identical(through_make_rng, expected)
+
+
+def test_concrete_dropout_deterministic_returns_the_input_without_a_key():
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    layer = jdrop.linen.ConcreteDropout()
+    params = layer.init(jax.random.key(1), x, deterministic=True)
+    # No rngs given: these must not call make_rng (which would raise without a "dropout" collection).
+    bit_identical(layer.apply(params, x, deterministic=True), x)
+    bit_identical(jdrop.linen.ConcreteDropout(deterministic=True).apply(params, x), x)
+    with pytest.raises(flax.errors.InvalidRngError):  # an active layer does need the collection
+        layer.apply(params, x, deterministic=False)
+    with pytest.raises(ValueError, match="deterministic"):  # set in neither place
+        layer.apply(params, x, rngs={"dropout": jax.random.key(2)})
+
+
+def test_concrete_dropout_gradient_reaches_keep_logit_per_feature():
+    x = jax.random.normal(jax.random.key(0), (8, 4))
+    layer = jdrop.linen.ConcreteDropout(0.1, logit_shape=(4,))
+    params = layer.init(jax.random.key(1), x, deterministic=True)
+    chex.assert_shape(params["params"]["keep_logit"], (4,))
+    key = jax.random.key(2)
+    expected = jdrop.concrete_dropout(jax.random.clone(key), x, params["params"]["keep_logit"])
+    bit_identical(layer.apply(params, x, deterministic=False, rng=jax.random.clone(key)), expected)
+    apply = functools.partial(layer.apply, deterministic=False)
+    grads = jax.jit(jax.grad(lambda p, k: jnp.mean((apply(p, x, rng=k) - x) ** 2)))(params, key)
+    keep_logit_grad = np.asarray(grads["params"]["keep_logit"])
+    assert keep_logit_grad.shape == (4,) and np.all(np.isfinite(keep_logit_grad))
+    assert np.all(keep_logit_grad < 0)  # keeping more units makes the output closer to x
+
+
+def train_concrete_linen(num_examples, x_scale, steps=100):
+    """Adam on mean((layer(x) - x)^2) + the regulariser with a zero kernel; returns the initial and final keep_prob."""
+    layer = jdrop.linen.ConcreteDropout(0.3, logit_shape=(4,))
+    x = x_scale * jax.random.normal(jax.random.key(1), (16, 4))
+    params = layer.init(jax.random.key(0), x, deterministic=True)
+    optimizer = optax.adam(0.05)
+    kernel = jnp.zeros((4, 1))
+
+    def loss(params, key):
+        reg = jdrop.concrete_dropout_regularizer(
+            params["params"]["keep_logit"], kernel, num_examples=num_examples, length_scale=1.0
+        )
+        return jnp.mean((layer.apply(params, x, deterministic=False, rngs={"dropout": key}) - x) ** 2) + reg
+
+    def step(state, key):
+        params, opt_state = state
+        updates, opt_state = optimizer.update(jax.grad(loss)(params, key), opt_state)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    keys = jax.random.split(jax.random.key(2), steps)
+    final, _ = jax.jit(lambda s, keys: jax.lax.scan(step, s, keys))((params, optimizer.init(params)), keys)
+    keep_prob = lambda params: np.asarray(jax.nn.sigmoid(params["params"]["keep_logit"]))  # noqa: E731
+    return keep_prob(params), keep_prob(final[0])
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_concrete_dropout_learns_its_keep_probability_with_adam():
+    # The noise term dominates: keep more.
+    before, after = train_concrete_linen(num_examples=100_000, x_scale=1.0)
+    assert np.all(after > before + 0.1), (before, after)
+    # The entropy term dominates (small noise, one example): towards 1/2, from 0.7.
+    before, after = train_concrete_linen(num_examples=1, x_scale=0.1)
+    assert np.all(np.abs(after - 0.5) < 0.05), (before, after)
+
+
+def test_concrete_dropout_errors_name_the_argument_and_the_range():
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"rate_init must be in \(0, 1\)"):
+            jdrop.linen.ConcreteDropout(bad)
+    with pytest.raises(TypeError, match=r"rate_init must be in \(0, 1\)"):
+        jdrop.linen.ConcreteDropout("0.1")
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature must be positive and finite"):
+            jdrop.linen.ConcreteDropout(temperature=bad)
+    with pytest.raises(ValueError, match="shape must have non-negative sizes"):
+        jdrop.linen.ConcreteDropout(logit_shape=(-1,))
+    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+        jdrop.linen.ConcreteDropout(logit_shape=(3,)).init(jax.random.key(0), jnp.ones((2, 4)), deterministic=True)

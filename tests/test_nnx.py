@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from dropin_helpers import (
     NOISE_VARIANT_NAMES,
@@ -380,3 +381,123 @@ def test_variant_under_nnx_jit_and_its_gradients_reach_the_inputs(name, kwargs):
     expected = jax.jit(jax.grad(lambda x, key: jnp.sum(jnp.sin(core(name, key, x, 0.25, **kwargs)))))
     bit_identical(grads(layer, x, key), expected(x, jax.random.clone(key)))
     assert np.any(np.asarray(expected(x, jax.random.clone(key))) != 0)
+
+
+# ConcreteDropout: the keep probability is an nnx.Param.
+
+
+def test_concrete_dropout_is_the_core_function_for_the_streams_keys_bit_for_bit():
+    x = jax.random.normal(jax.random.key(0), (4, 6, 5))
+    layer = jdrop.nnx.ConcreteDropout(0.2, temperature=0.2, broadcast_dims=(1,), rngs=nnx.Rngs(dropout=7))
+    assert isinstance(layer, nnx.Dropout) and isinstance(layer.keep_logit, nnx.Param)
+    np.testing.assert_allclose(layer.keep_prob, 0.8, rtol=1e-6)
+    np.testing.assert_allclose(layer.rate, 0.2, rtol=1e-5)
+    twin = twin_stream(7)
+    keep_logit = layer.keep_logit[...]
+    for _ in range(2):  # every call draws the stream's next key
+        expected = jdrop.concrete_dropout(twin(), x, keep_logit, temperature=0.2, broadcast_dims=(1,))
+        bit_identical(layer(x), expected)
+    assert layer.rngs.count[...] == 2
+    key = jax.random.key(3)
+    expected = jdrop.concrete_dropout(jax.random.clone(key), x, keep_logit, temperature=0.2, broadcast_dims=(1,))
+    bit_identical(layer(x, rngs=key), expected)
+
+
+def test_concrete_dropout_switches_with_the_model_without_drawing_a_key():
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.dropout = jdrop.nnx.ConcreteDropout(0.3, rngs=rngs)
+            self.linear = nnx.Linear(5, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.linear(self.dropout(x))
+
+    block = Block(nnx.Rngs(0, dropout=1))
+    x = jnp.ones((3, 5))
+    plain = block.linear(x)
+    block.eval()
+    bit_identical(block(x), plain)
+    assert block.dropout(x) is x
+    assert block.dropout.rngs.count[...] == 0
+    block.train()
+    assert block.dropout(x, deterministic=True) is x
+    for view in (nnx.view(block, deterministic=True), nnx.view(block, only=nnx.Dropout, deterministic=True)):
+        bit_identical(view(x), plain)
+    assert block.dropout.rngs.count[...] == 0
+    assert not np.array_equal(block(x), plain)
+    assert block.dropout.rngs.count[...] == 1
+    with pytest.raises(ValueError, match="no `rngs` argument was provided to ConcreteDropout"):
+        jdrop.nnx.ConcreteDropout()(x)
+    with pytest.raises(ValueError, match="No `deterministic` argument was provided to ConcreteDropout"):
+        jdrop.nnx.ConcreteDropout(deterministic=None)(x)
+
+
+def test_concrete_dropout_gradient_reaches_keep_logit_per_feature():
+    x = jax.random.normal(jax.random.key(0), (8, 4))
+    layer = jdrop.nnx.ConcreteDropout(0.1, logit_shape=(4,), rngs=nnx.Rngs(dropout=2))
+    chex.assert_shape(layer.keep_logit[...], (4,))
+    twin = twin_stream(2)
+    bit_identical(layer(x), jdrop.concrete_dropout(twin(), x, layer.keep_logit[...]))
+
+    @nnx.jit
+    def grads(layer):
+        return nnx.grad(lambda m: jnp.mean((m(x) - x) ** 2))(layer)
+
+    keep_logit_grad = np.asarray(grads(layer)["keep_logit"][...])
+    assert keep_logit_grad.shape == (4,) and np.all(np.isfinite(keep_logit_grad))
+    assert np.all(keep_logit_grad < 0)  # keeping more units makes the output closer to x
+    assert layer.rngs.count[...] == 2  # the stream advanced under nnx.jit and nnx.grad
+    chex.assert_shape(layer.regularizer(jnp.zeros((4, 3)), num_examples=10, length_scale=1.0), ())
+
+
+def train_concrete_nnx(num_examples, x_scale, steps=100):
+    """Adam on mean((layer(x) - x)^2) + the regulariser with a zero kernel; returns the initial and final keep_prob."""
+    layer = jdrop.nnx.ConcreteDropout(0.3, logit_shape=(4,), rngs=nnx.Rngs(dropout=0))
+    optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)
+    x = x_scale * jax.random.normal(jax.random.key(1), (16, 4))
+    kernel = jnp.zeros((4, 1))
+
+    def loss(layer):
+        reg = layer.regularizer(kernel, num_examples=num_examples, length_scale=1.0)
+        return jnp.mean((layer(x) - x) ** 2) + reg
+
+    @nnx.jit
+    def step(layer, optimizer):
+        optimizer.update(layer, nnx.grad(loss)(layer))
+
+    before = np.asarray(layer.keep_prob)
+    for _ in range(steps):
+        step(layer, optimizer)
+    return before, np.asarray(layer.keep_prob)
+
+
+@pytest.mark.standard_promotion  # optax.adam
+def test_concrete_dropout_learns_its_keep_probability_with_adam():
+    # The noise term dominates: keep more.
+    before, after = train_concrete_nnx(num_examples=100_000, x_scale=1.0)
+    assert np.all(after > before + 0.1), (before, after)
+    # The entropy term dominates (small noise, one example): towards 1/2, from 0.7.
+    before, after = train_concrete_nnx(num_examples=1, x_scale=0.1)
+    assert np.all(np.abs(after - 0.5) < 0.05), (before, after)
+
+
+def test_concrete_dropout_errors_name_the_argument_and_the_range():
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"rate must be in \(0, 1\)"):
+            jdrop.nnx.ConcreteDropout(bad)
+    for bad in (True, "0.1", None):
+        with pytest.raises(TypeError, match=r"rate must be in \(0, 1\)"):
+            jdrop.nnx.ConcreteDropout(bad)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be positive and finite"):
+            jdrop.nnx.ConcreteDropout(temperature=bad)
+    with pytest.raises(ValueError, match="shape must have non-negative sizes"):
+        jdrop.nnx.ConcreteDropout(logit_shape=(-1,))
+    layer = jdrop.nnx.ConcreteDropout(logit_shape=(3,), rngs=nnx.Rngs(dropout=0))
+    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+        layer(jnp.ones((2, 4)))
+    with pytest.raises(AttributeError):
+        layer.rate = 0.5  # learned, not set
+    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+        layer(jnp.ones(3, jnp.int32))
+    assert layer.rngs.count[...] == 0  # no key drawn for a call that fails its checks
