@@ -153,6 +153,29 @@ def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
     return (x.astype(compute_dtype) / safe.astype(compute_dtype)).astype(x.dtype)
 
 
+def _noise_shape(x: jax.Array, broadcast_dims: Sequence[int]) -> tuple[int, ...]:
+    """``x.shape`` with 1 at the axes in ``broadcast_dims`` (checked): the shape a mask or noise is drawn at."""
+    axes = _check_broadcast_dims(broadcast_dims, x.ndim)
+    return tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
+
+
+def _checked_noise_shape(
+    x: ArrayLike, keep_prob: ArrayLike, deterministic: bool, broadcast_dims: Sequence[int]
+) -> tuple[jax.Array, tuple[int, ...] | None]:
+    """The checks that ``dropout`` and its keep-probability variants share, before any work.
+
+    Returns ``x`` as an array and the shape to draw noise at, or None when the
+    call is the identity (evaluation, or a concrete ``keep_prob`` of 1.0).
+    """
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    _check_floating(x)
+    shape = _noise_shape(x, broadcast_dims)
+    concrete = _check_keep_prob(keep_prob)
+    _check_deterministic(deterministic)
+    return x, None if deterministic or concrete == 1.0 else shape
+
+
 def dropout(
     key: KeyLike | None,
     x: ArrayLike,
@@ -212,17 +235,10 @@ def dropout(
       >>> jdrop.dropout(None, x, 0.5, deterministic=True) is x
       True
     """
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    _check_floating(x)
-    axes = _check_broadcast_dims(broadcast_dims, x.ndim)
-    concrete = _check_keep_prob(keep_prob)
-    _check_deterministic(deterministic)
-    if deterministic or concrete == 1.0:
+    x, mask_shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    if mask_shape is None:
         return x
-    typed_key = _as_key(key)
-    mask_shape = tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
-    mask, effective = _draw_mask(typed_key, mask_shape, keep_prob)
+    mask, effective = _draw_mask(_as_key(key), mask_shape, keep_prob)
     return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))
 
 

@@ -20,16 +20,14 @@ from jax.typing import ArrayLike
 from jdrop._checks import (
     KeyLike,
     _as_key,
-    _check_broadcast_dims,
     _check_count,
     _check_deterministic,
     _check_floating,
     _check_keep_logit,
-    _check_keep_prob,
     _check_positive,
     _compute_dtype,
 )
-from jdrop._dropout import _draw_mask, dropout
+from jdrop._dropout import _checked_noise_shape, _draw_mask, _noise_shape, dropout
 from jdrop._generator import half_uniform
 
 __all__ = [
@@ -43,11 +41,6 @@ __all__ = [
 #: SELU's negative saturation value, :math:`-\lambda \alpha` (Klambauer et al. 2017).
 SELU_SATURATION = -1.0507009873554805 * 1.6732632423543772
 DROP_PATH_MODES = ("row", "batch")
-
-
-def _noise_shape(x: jax.Array, broadcast_dims: Sequence[int]) -> tuple[int, ...]:
-    axes = _check_broadcast_dims(broadcast_dims, x.ndim)
-    return tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
 
 
 # M. Giles, "Approximating the erfinv function" (GPU Computing Gems, 2011): the
@@ -146,13 +139,8 @@ def gaussian_dropout(
       >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
       (True, True)
     """
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    _check_floating(x)
-    shape = _noise_shape(x, broadcast_dims)
-    concrete = _check_keep_prob(keep_prob)
-    _check_deterministic(deterministic)
-    if deterministic or concrete == 1.0:
+    x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    if shape is None:
         return x
     z = _standard_normal(_as_key(key), shape)
     p = jnp.asarray(keep_prob).astype(jnp.float32)
@@ -212,13 +200,8 @@ def alpha_dropout(
       >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
       (True, True)
     """
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    _check_floating(x)
-    shape = _noise_shape(x, broadcast_dims)
-    concrete = _check_keep_prob(keep_prob)
-    _check_deterministic(deterministic)
-    if deterministic or concrete == 1.0:
+    x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    if shape is None:
         return x
     mask, q = _draw_mask(_as_key(key), shape, keep_prob)
     dtype = _compute_dtype(x)

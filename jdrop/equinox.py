@@ -18,7 +18,7 @@ it too. Importing this module imports Equinox; ``import jdrop`` does not.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import equinox as eqx
@@ -38,6 +38,20 @@ from jdrop._variants import (
 )
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
+
+
+def _key_source(key: jax.Array | None, missing: str) -> Callable[[], jax.Array]:
+    """The call's ``key``, asked for only when noise is drawn; Equinox's RuntimeError when it is missing."""
+
+    def draw_key() -> jax.Array:
+        if key is None:
+            raise RuntimeError(
+                f"{missing}: call it with key=jax.random.key(...) "
+                "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
+            )
+        return key
+
+    return draw_key
 
 
 class Dropout(eqx.nn.Dropout):
@@ -111,16 +125,8 @@ class Dropout(eqx.nn.Dropout):
         if inference is None:
             inference = self.inference
 
-        def draw_key() -> jax.Array:
-            if key is None:
-                raise RuntimeError(
-                    "jdrop.equinox.Dropout needs a key when dropout is active: call it with key=jax.random.key(...) "
-                    "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
-                )
-            return key
-
         return _dropout_at_rate(
-            draw_key,
+            _key_source(key, "jdrop.equinox.Dropout needs a key when dropout is active"),
             x,
             self.p,
             rate_name="p",
@@ -365,16 +371,8 @@ class ConcreteDropout(eqx.Module):
         if inference is None:
             inference = self.inference
 
-        def draw_key() -> jax.Array:
-            if key is None:
-                raise RuntimeError(
-                    "jdrop.equinox.ConcreteDropout needs a key when active: call it with key=jax.random.key(...) "
-                    "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
-                )
-            return key
-
         return _concrete_dropout_in_module(
-            draw_key,
+            _key_source(key, "jdrop.equinox.ConcreteDropout needs a key when active"),
             x,
             self.keep_logit,
             temperature=self.temperature,
