@@ -145,12 +145,17 @@ def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> ja
 
 
 def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
-    """``x / effective``, computed in at least float32 and rounded once to ``x.dtype``."""
+    """``x * (1 / effective)``, computed in at least float32 and rounded once to ``x.dtype``."""
     compute_dtype = _compute_dtype(x)
     # A traced keep_prob of 0.0 drops everything; dividing by 1 there keeps the
     # (unused) branch finite so that its gradient is 0 rather than NaN.
     safe = jnp.where(effective == 0.0, jnp.float32(1.0), effective)
-    return (x.astype(compute_dtype) / safe.astype(compute_dtype)).astype(x.dtype)
+    # x times the rounded reciprocal, written out: XLA on CPU rewrites a division
+    # by a scalar into that product for arrays but not always for 0-d x (jax 0.12
+    # did for a jit constant, not eagerly), so a written division gave 0-d results
+    # that differed by an ulp between eager and jit.
+    reciprocal = 1.0 / safe.astype(compute_dtype)
+    return (x.astype(compute_dtype) * reciprocal).astype(x.dtype)
 
 
 def _noise_shape(x: jax.Array, broadcast_dims: Sequence[int]) -> tuple[int, ...]:
@@ -197,10 +202,13 @@ def dropout(
 
     with :math:`p_\text{eff}` = :func:`effective_keep_prob` ``(keep_prob)``.
     Exactly, ``dropout(key, x, p)`` equals
-    ``jnp.where(mask, x / effective_keep_prob(p), 0)`` with
+    ``jnp.where(mask, x * (1 / effective_keep_prob(p)), 0)`` with
     ``mask = dropout_mask(key, s, p)`` broadcast to ``x.shape``, where ``s`` is
-    ``x.shape`` with 1 at the axes in ``broadcast_dims``. For float16 and
-    bfloat16 the division is done in float32 and rounded once. Dropped entries
+    ``x.shape`` with 1 at the axes in ``broadcast_dims``: kept entries are
+    multiplied by the float32 reciprocal (within one ulp of ``x / p_eff``, and
+    what XLA computes for a division by a scalar anyway), the same bits eagerly
+    and under ``jit``. For float16 and bfloat16 the product is taken in float32
+    and rounded once. Dropped entries
     are exactly 0 even where ``x`` is inf or NaN.
 
     Flax and Haiku take the drop rate instead: ``rate = 1 - keep_prob``.
