@@ -293,7 +293,7 @@ def bench_train_step(
     runs: dict[str, Callable[[], Any]] = {}
     # Each call starts from the same state: the timed work is one step.
     for name, step in jdrop_steps.items():
-        runs[name] = lambda step=step: step(state, x, y, key)
+        runs[name] = lambda step=step: step(state, x, y, key=key)
     for name, step in flax_steps.items():
         runs[name] = lambda step=step: step(*flax_state[:2], x, y, key, flax_state[2])
     medians = interleaved_medians(runs, rounds, calls, min_round_seconds)

@@ -259,7 +259,7 @@ def _run(
         key = jax.random.wrap_key_data(key_data)
 
         def body(state: jdrop.TrainState, batch: tuple[jax.Array, jax.Array]) -> Any:
-            state, metrics = train_step(state, batch[0], batch[1], key)
+            state, metrics = train_step(state, batch[0], batch[1], key=key)
             return state, metrics["loss"]
 
         return jax.lax.scan(body, state, (x, y))

@@ -120,7 +120,7 @@ def train_concrete(
     @jax.jit
     def run(state: jdrop.TrainState, indices: jax.Array) -> tuple[jdrop.TrainState, jax.Array]:
         def body(state: jdrop.TrainState, batch: jax.Array) -> tuple[jdrop.TrainState, jax.Array]:
-            state, metrics = step(state, x[batch], y[batch], dropout_key)
+            state, metrics = step(state, x[batch], y[batch], key=dropout_key)
             return state, metrics["learned_keep_probs"]
 
         return jax.lax.scan(body, state, indices)

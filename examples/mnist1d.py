@@ -243,7 +243,7 @@ def evaluate_uncertainty(
     """Test accuracy, NLL, ECE and entropies: weight scaling against MC dropout."""
     x, labels = jnp.asarray(data["x_test"]), data["y_test"]
     deterministic = np.asarray(jax.nn.softmax(jdrop.mlp_apply(params, x, deterministic=True)), np.float64)
-    mc = jdrop.mc_predict(params, x, key, keep_probs=keep_probs, num_samples=num_samples)
+    mc = jdrop.mc_predict(params, x, key=key, keep_probs=keep_probs, num_samples=num_samples)
     report = {}
     for name, probs in (("weight scaling", deterministic), (f"MC dropout, {num_samples} samples", None)):
         probs = np.asarray(mc.mean_probs, np.float64) if probs is None else probs

@@ -181,7 +181,7 @@ def train_config(config: str, data: dict[str, np.ndarray], args: argparse.Namesp
         # lax.scan over steps: on CPU, XLA turns vmapped convs into slower
         # grouped convs, and runs conv gradients inside scan's while loop about
         # ten times slower than outside it (measured, jax 0.10).
-        return [train_step(s, x[b], y[b], k)[0] for s, b, k in zip(states, batches, dropout_keys, strict=True)]
+        return [train_step(s, x[b], y[b], key=k)[0] for s, b, k in zip(states, batches, dropout_keys, strict=True)]
 
     def accuracies(states: list[jdrop.TrainState], split: str) -> list[float]:
         x, y = arrays[f"x{split}"], arrays[f"y{split}"]

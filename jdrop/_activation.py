@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jdrop._checks import KeyLike, _as_key, _check_deterministic, _check_floating, _check_keep_prob
+from jdrop._checks import OR_DETERMINISTIC, KeyLike, _as_key, _check_deterministic, _check_floating, _check_keep_prob
 from jdrop._dropout import _draw_mask, _scale_kept, dropout
 
 __all__ = ["ACTIVATIONS", "Activation", "activation_dropout"]
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
-#: The activations that ``activation="name"`` selects.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-}
+#: The activations that ``activation="name"`` selects (read-only: the fused
+#: backward passes below are written for exactly these functions; pass a
+#: callable for any other activation).
+ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = types.MappingProxyType(
+    {
+        "relu": jax.nn.relu,
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "gelu": jax.nn.gelu,
+    }
+)
 
 # Activations whose derivative can be written in terms of their output, so the
 # fused op's backward pass keeps the output alone (plus, for tanh, the mask).
@@ -35,6 +40,15 @@ def _resolve_activation(activation: Activation) -> Callable[[jax.Array], jax.Arr
     if isinstance(activation, str) and activation in ACTIVATIONS:
         return ACTIVATIONS[activation]
     raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}.")
+
+
+def _reject_activation_with(activation: Activation | None, model_fn: str) -> None:
+    """``activation`` is jdrop's MLP's: with a model of the user's own (``model_fn``) it must stay unset."""
+    if activation is not None:
+        raise ValueError(
+            f"activation is for jdrop's MLP; with {model_fn} the model applies its own activations, "
+            f"so leave activation unset (got {activation!r})."
+        )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -130,5 +144,5 @@ def activation_dropout(
         return act(x)
     if not (isinstance(activation, str) and activation in _FUSED):
         return dropout(key, act(x), keep_prob)
-    mask, effective = _draw_mask(_as_key(key), x.shape, keep_prob)
+    mask, effective = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), x.shape, keep_prob)
     return _fused(activation, x, mask, effective)

@@ -9,6 +9,7 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,46 +18,67 @@ from jax.typing import ArrayLike
 
 KeyLike = jax.Array  # a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)
 
+#: What a function with a ``deterministic`` argument accepts instead of a key, for ``_as_key(or_else=...)``.
+OR_DETERMINISTIC = "set deterministic=True for evaluation"
+
+
+def _real_scalar(value: ArrayLike, name: str, accepted: str) -> float | None:
+    """The one rule for a real scalar argument: returns it as a float, or None when it is traced.
+
+    Python, NumPy and JAX scalars and 0-d arrays of any integer or floating
+    dtype are accepted; bools, strings, complex numbers and arrays with more
+    than one entry are not. A traced value has its shape and dtype checked
+    here and its range by the caller's computation. ``accepted`` says what
+    the argument is, for the error message (e.g. "a float in (0, 1]").
+    """
+    if isinstance(value, jax.core.Tracer):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a scalar, got a traced array of shape {value.shape}.")
+        if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"{name} must be {accepted}, got a traced value of dtype {value.dtype}.")
+        return None
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be {accepted}, got the bool {value!r}.")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}.") from error
+    # jnp.issubdtype knows bfloat16 and the other ml_dtypes; np.issubdtype does not.
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be {accepted}, got {value!r} of dtype {array.dtype}.")
+    if array.shape != ():
+        raise ValueError(f"{name} must be a scalar, got an array of shape {array.shape}.")
+    return float(array)
+
 
 def _check_keep_prob(keep_prob: ArrayLike, name: str = "keep_prob") -> float | None:
     """Validates ``keep_prob``; returns it as a float, or None when it is traced.
 
     A traced value cannot be checked while tracing;
-    :func:`_threshold_and_effective` turns an out-of-range traced value into
-    NaN outputs instead.
+    :func:`jdrop._dropout._threshold_and_effective` turns an out-of-range
+    traced value into NaN outputs instead.
     """
-    if isinstance(keep_prob, bool):
-        raise TypeError(f"{name} must be a float in (0, 1], got the bool {keep_prob}.")
-    if isinstance(keep_prob, jax.core.Tracer):
-        if keep_prob.shape != ():
-            raise ValueError(f"{name} must be a scalar, got an array of shape {keep_prob.shape}.")
-        if not (jnp.issubdtype(keep_prob.dtype, jnp.floating) or jnp.issubdtype(keep_prob.dtype, jnp.integer)):
-            raise TypeError(f"{name} must be a real number, got dtype {keep_prob.dtype}.")
-        return None
-    if isinstance(keep_prob, numbers.Real):
-        value = float(keep_prob)
-    else:
-        array = np.asarray(keep_prob)
-        if array.shape != ():
-            raise ValueError(f"{name} must be a scalar, got an array of shape {array.shape}.")
-        # jnp.issubdtype knows bfloat16 and the other ml_dtypes; np.issubdtype does not.
-        if array.dtype == np.bool_ or not (
-            jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)
-        ):
-            raise TypeError(f"{name} must be a real number in (0, 1], got dtype {array.dtype}.")
-        value = float(array)
+    value = _real_scalar(keep_prob, name, "a real number in (0, 1]")
     # Written so that NaN fails the test too.
-    if not 0.0 < value <= 1.0:
+    if value is not None and not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1] (the probability of keeping a unit), got {value}.")
     return value
 
 
-def _as_key(key: KeyLike | None, name: str = "key") -> jax.Array:
-    """Returns ``key`` as a single typed key, accepting legacy raw uint32 keys."""
+def _as_key(key: KeyLike | None, name: str = "key", *, or_else: str | None = None) -> jax.Array:
+    """Returns ``key`` as a single typed key, accepting legacy raw uint32 keys.
+
+    ``or_else`` completes the missing-key message with what else the caller
+    accepts (e.g. "set deterministic=True for evaluation"); it must name only
+    the caller's own arguments.
+    """
     if key is None:
+        alternative = f", or {or_else}" if or_else else ""
         raise ValueError(
-            f"{name} is None, but dropout is active: pass {name}=jax.random.key(...) "
-            "(split a fresh one for every call), or set deterministic=True for evaluation."
+            f"{name} is None, but a PRNG key is needed here: pass {name}=jax.random.key(...) "
+            f"(a fresh one for every call){alternative}."
         )
     if not isinstance(key, jax.Array | np.ndarray):
         raise TypeError(
@@ -122,25 +144,15 @@ def _check_deterministic(deterministic: object) -> None:
         )
 
 
-def _check_rate(rate: float | jax.Array, name: str, *, allow_one: bool = True) -> float | None:
+def _check_rate(rate: ArrayLike, name: str, *, allow_one: bool = True) -> float | None:
     """Validates a drop rate (the host libraries' convention); returns it as a float, or None when traced.
 
     The accepted range is [0, 1], or [0, 1) with ``allow_one=False`` (for noise
     whose variance is infinite at rate 1, such as Gaussian and alpha dropout).
     """
-    if isinstance(rate, jax.core.Tracer):
-        return _check_keep_prob(rate, name)  # shape and dtype checks only
-    dtype = getattr(rate, "dtype", None)
-    real = isinstance(rate, numbers.Real) or (
-        dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
-    )
     accepted = "[0, 1]" if allow_one else "[0, 1)"
-    if isinstance(rate, bool) or dtype == np.bool_ or not real:
-        raise TypeError(f"{name} must be a float in {accepted} (the probability of dropping a unit), got {rate!r}.")
-    if np.ndim(rate) != 0:
-        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(rate)}.")
-    value = float(rate)
-    if not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):  # NaN fails too
+    value = _real_scalar(rate, name, f"a real number in {accepted}")
+    if value is not None and not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):  # NaN fails too
         raise ValueError(f"{name} must be in {accepted} (the probability of dropping a unit), got {value}.")
     return value
 
@@ -157,11 +169,41 @@ def _check_count(value: object, name: str) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
 
 
-def _check_keep_probs_sequence(keep_probs: object, per_layer: str) -> None:
-    """``keep_probs`` must be a sequence (or 1-D array) of ``per_layer`` values, not one number or a string."""
+def _check_keep_probs(
+    keep_probs: object,
+    *,
+    expected: str,
+    count: int | None = None,
+    count_error: str = "",
+    schedules: bool = False,
+) -> tuple[tuple[Any, ...], tuple[float | None, ...]]:
+    """The one check of a ``keep_probs`` sequence (the MLP's, Monte Carlo dropout's, the train step's).
+
+    ``keep_probs`` must be a sequence or 1-D array (not one number, not a
+    string) of keep probabilities, each as :func:`_check_keep_prob` accepts,
+    and, with ``schedules``, optax-style schedules ``step -> keep_prob``,
+    checked at step 0 (later steps run traced). ``expected`` describes the
+    entries for the error message; ``count``, if given, is the number of
+    entries required, and ``count_error`` explains it.
+
+    Returns:
+      The entries as a tuple, and their concrete values: None where an entry
+      is traced or a schedule.
+    """
     sequence = isinstance(keep_probs, Sequence) and not isinstance(keep_probs, str)
     if not (sequence or (isinstance(keep_probs, jax.Array | np.ndarray) and keep_probs.ndim == 1)):
-        raise TypeError(f"keep_probs must be a sequence with {per_layer}, got {keep_probs!r}.")
+        raise TypeError(f"keep_probs must be a sequence with {expected}, got {keep_probs!r}.")
+    entries: tuple[Any, ...] = tuple(keep_probs)  # type: ignore[arg-type]  # checked iterable just above
+    if count is not None and len(entries) != count:
+        raise ValueError(f"keep_probs has {len(entries)} entries, but {count_error}.")
+    values: list[float | None] = []
+    for i, entry in enumerate(entries):
+        if schedules and callable(entry):
+            _check_keep_prob(entry(jnp.zeros((), jnp.int32)), f"keep_probs[{i}] (a schedule) at step 0")
+            values.append(None)
+        else:
+            values.append(_check_keep_prob(entry, f"keep_probs[{i}]"))
+    return entries, tuple(values)
 
 
 def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
@@ -175,37 +217,24 @@ def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
     return array
 
 
-def _check_positive(value: ArrayLike, name: str) -> None:
-    """A positive, finite Python number or concrete scalar; a traced scalar passes unchecked."""
-    if isinstance(value, jax.core.Tracer):
-        if value.shape != ():
-            raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
-        return
-    if isinstance(value, bool) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a positive real number, got {value!r}.")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be a positive real number, got {value!r}.") from error
-    if not 0.0 < number < math.inf:  # NaN fails too
+def _check_positive(value: ArrayLike, name: str) -> float | None:
+    """A positive, finite real scalar; returns it as a float, or None when it is traced (range unchecked)."""
+    number = _real_scalar(value, name, "a positive real number")
+    if number is not None and not 0.0 < number < math.inf:  # NaN fails too
         raise ValueError(f"{name} must be positive and finite, got {number}.")
+    return number
 
 
-def _initial_keep_logit(rate: float | jax.Array, name: str) -> float:
+def _initial_keep_logit(rate: ArrayLike, name: str) -> float:
     """The keep logit ``log((1 - rate) / rate)`` of an initial drop rate in (0, 1), for the concrete dropout modules.
 
     The rate is learned from there, so 0 and 1 (logits of -inf and +inf) are
-    not accepted.
+    not accepted, nor a traced value: it sets a parameter's initial value.
     """
-    accepted = f"{name} must be in (0, 1) (the initial probability of dropping a unit, which is then learned)"
-    if isinstance(rate, jax.core.Tracer | bool | np.bool_) or np.ndim(rate) != 0:
-        raise TypeError(f"{accepted}, got {rate!r}.")
-    dtype = getattr(rate, "dtype", None)
-    if not isinstance(rate, numbers.Real) and not (
-        dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
-    ):
-        raise TypeError(f"{accepted}, got {rate!r}.")
-    value = float(rate)
+    accepted = "a real number in (0, 1) (the initial probability of dropping a unit, which is then learned)"
+    value = _real_scalar(rate, name, accepted)
+    if value is None:
+        raise TypeError(f"{name} must be {accepted}, known when the module is built; got a traced value.")
     if not 0.0 < value < 1.0:  # NaN fails too
-        raise ValueError(f"{accepted}, got {value}.")
+        raise ValueError(f"{name} must be {accepted}, got {value}.")
     return math.log((1.0 - value) / value)

@@ -3,11 +3,13 @@
 The keep-mask is drawn from 16-bit uniform integers: ``u < t`` with
 ``t = round(keep_prob * 2**16)`` keeps an entry with probability exactly
 ``t / 2**16``. That value is :func:`effective_keep_prob`, and kept entries are
-divided by it, so the expected output equals the input exactly.
+multiplied by its float32 reciprocal, so the expected output equals the input
+(to float32 rounding of the reciprocal).
 
 Why not ``jax.random.bernoulli``, as Flax, Haiku and Equinox use: it runs one
-threefry2x32 hash (20 rounds, 64 bits) per entry and keeps 32 of the bits; on
-CPU that is about 20 times the cost of reading and writing the array. jdrop
+threefry2x32 hash (20 rounds, 64 bits) per entry and keeps 32 of the bits,
+which on CPU costs many times reading and writing the array (the benchmarks
+measure by how much). jdrop
 asks JAX's generator for five key words per call and draws each entry's 16
 bits from a keyed hash of the entry's position (see :mod:`jdrop._generator`).
 The counters are the entry's row and column, so masks do not depend on how
@@ -24,6 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jdrop._checks import (
+    OR_DETERMINISTIC,
     KeyLike,
     _as_key,
     _check_broadcast_dims,
@@ -80,8 +83,9 @@ def effective_keep_prob(keep_prob: ArrayLike) -> jax.Array:
         t = \max\left(1, \operatorname{round}(2^{16} p)\right), \qquad
         p_\text{eff} = t / 2^{16}, \qquad |p_\text{eff} - p| \le 2^{-16}.
 
-    Kept units are divided by :math:`p_\text{eff}` (not :math:`p`), so the
-    expected output of dropout equals its input exactly.
+    Kept units are scaled by :math:`1 / p_\text{eff}` (not :math:`1 / p`), so the
+    expected output of dropout equals its input, up to the float32 rounding of
+    that reciprocal.
 
     Args:
       keep_prob: probability of keeping a unit, in (0, 1]. A traced scalar is
@@ -191,7 +195,7 @@ def dropout(
 ) -> jax.Array:
     r"""Inverted dropout: keeps each entry of ``x`` with probability ``keep_prob``.
 
-    Kept entries are divided by the keep probability, dropped ones are zero,
+    Kept entries are scaled by one over the keep probability, dropped ones are zero,
     so the expected output is the input and evaluation needs no rescaling:
 
     .. math::
@@ -246,7 +250,7 @@ def dropout(
     x, mask_shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if mask_shape is None:
         return x
-    mask, effective = _draw_mask(_as_key(key), mask_shape, keep_prob)
+    mask, effective = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), mask_shape, keep_prob)
     return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))
 
 

@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jdrop._activation import Activation, _resolve_activation
-from jdrop._checks import _as_key, _check_count
+from jdrop._activation import Activation, _reject_activation_with, _resolve_activation
+from jdrop._checks import KeyLike, _as_key, _check_count
 from jdrop._mlp import Params, _check_layer_keep_probs, _check_mlp_params, mlp_apply
 
 __all__ = ["MCPrediction", "mc_predict"]
@@ -44,15 +44,15 @@ def _entropy(probs: jax.Array) -> jax.Array:
     return -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)
 
 
-#: ``apply_fn(params, x, key) -> logits``: one stochastic forward pass.
-ApplyFn = Callable[[Any, Any, jax.Array], jax.Array]
+#: ``apply_fn(params, x, *, key) -> logits``: one stochastic forward pass.
+ApplyFn = Callable[..., jax.Array]
 
 
 @functools.lru_cache(maxsize=64)
 def _mlp_sampler(keep_probs: tuple[float, ...], activation: Activation) -> ApplyFn:
     """The MLP as an ``apply_fn``; cached, so that equal settings hit the jit cache."""
 
-    def apply_fn(params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
+    def apply_fn(params: Params, x: jax.Array, *, key: jax.Array) -> jax.Array:
         return mlp_apply(params, x, key=key, keep_probs=keep_probs, activation=activation)
 
     return apply_fn
@@ -68,7 +68,7 @@ def _mc_predict(
     chunk_size: int,
 ) -> MCPrediction:
     def probs_of(sample_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = apply_fn(params, x, sample_key)
+        logits = apply_fn(params, x, key=sample_key)
         # At least float32: float64 logits (jax_enable_x64) keep their precision.
         probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
         # The same formula as for the mean, so that identical samples give
@@ -124,18 +124,18 @@ def _mc_predict(
 def mc_predict(
     params: Any,
     x: Any,
-    key: jax.Array | None,
     *,
+    key: KeyLike | None = None,
     num_samples: int,
     apply_fn: ApplyFn | None = None,
     keep_probs: Sequence[float] | None = None,
-    activation: Activation = "relu",
+    activation: Activation | None = None,
     chunk_size: int | None = None,
 ) -> MCPrediction:
     r"""Monte Carlo dropout (Gal and Ghahramani, 2016): averages ``num_samples`` dropout networks.
 
     Sample :math:`i` is one stochastic forward pass with the key
-    ``jax.random.split(key, num_samples)[i]``: ``apply_fn(params, x, key_i)``
+    ``jax.random.split(key, num_samples)[i]``: ``apply_fn(params, x, key=key_i)``
     for a model of your own (for example a Flax or Equinox model with jdrop's
     drop-in Dropout, left in training mode), or, without ``apply_fn``,
     :func:`jdrop.mlp_apply` with ``keep_probs``. Samples run ``chunk_size`` at
@@ -148,16 +148,18 @@ def mc_predict(
     Args:
       params: from :func:`jdrop.mlp_init`, or whatever ``apply_fn`` takes.
       x: ``(..., n_in)`` inputs for the MLP; whatever ``apply_fn`` takes.
-      key: PRNG key; needed unless the MLP's keep probabilities are all 1.0.
+      key: PRNG key (keyword-only); needed unless the MLP's keep
+        probabilities are all 1.0.
       num_samples: number of stochastic forward passes, >= 1.
-      apply_fn: ``apply_fn(params, x, key) -> (..., classes)`` logits, one
+      apply_fn: ``apply_fn(params, x, *, key) -> (..., classes)`` logits, one
         stochastic forward pass that draws its dropout masks from ``key``. It
         is a static argument of the jitted function: define it once, not per
         call, or every call compiles anew.
       keep_probs: the MLP's keep probabilities, one per layer, usually those of
         training; needed without ``apply_fn``, not allowed with it (the model
         has its own rates).
-      activation: the MLP's activation, as in training.
+      activation: the MLP's activation, as in training; None means "relu".
+        Not allowed with ``apply_fn`` (the model has its own).
       chunk_size: samples evaluated at once, >= 1; default ``min(num_samples, 16)``.
 
     Returns:
@@ -166,14 +168,15 @@ def mc_predict(
     Raises:
       ValueError: if ``num_samples`` or ``chunk_size`` is below 1, the key is
         missing while dropout is active, ``keep_probs`` is missing without
-        ``apply_fn``, given with it, or invalid (as in :func:`jdrop.mlp_apply`).
+        ``apply_fn``, given with it, or invalid (as in :func:`jdrop.mlp_apply`),
+        or ``activation`` is given with ``apply_fn``.
       TypeError: if, without ``apply_fn``, ``params`` did not come from
         :func:`jdrop.mlp_init`.
 
     Example:
       >>> params = jdrop.mlp_init(jax.random.key(0), (8, 32, 3))
       >>> x = jnp.ones((5, 8))
-      >>> mc = jdrop.mc_predict(params, x, jax.random.key(1), keep_probs=(1.0, 0.5), num_samples=64)
+      >>> mc = jdrop.mc_predict(params, x, key=jax.random.key(1), keep_probs=(1.0, 0.5), num_samples=64)
       >>> mc.mean_probs.shape, mc.mutual_information.shape
       ((5, 3), (5,))
       >>> bool(jnp.allclose(mc.mean_probs.sum(-1), 1.0))
@@ -181,31 +184,31 @@ def mc_predict(
 
       Any stochastic model, here a linear layer with dropout on its input:
 
-      >>> def apply_fn(params, x, key):
+      >>> def apply_fn(params, x, *, key):
       ...     return jdrop.dropout(key, x, 0.5) @ params["w"]
-      >>> mc = jdrop.mc_predict({"w": jnp.eye(8, 3)}, x, jax.random.key(2), num_samples=16, apply_fn=apply_fn)
+      >>> mc = jdrop.mc_predict({"w": jnp.eye(8, 3)}, x, key=jax.random.key(2), num_samples=16, apply_fn=apply_fn)
       >>> mc.mean_probs.shape
       (5, 3)
     """
     _check_count(num_samples, "num_samples")
     if chunk_size is not None:
         _check_count(chunk_size, "chunk_size")
-    _resolve_activation(activation)
     if apply_fn is not None:
         if not callable(apply_fn):
-            raise TypeError(f"apply_fn must be callable as apply_fn(params, x, key) -> logits, got {apply_fn!r}.")
+            raise TypeError(f"apply_fn must be callable as apply_fn(params, x, *, key) -> logits, got {apply_fn!r}.")
         if keep_probs is not None:
             raise ValueError("keep_probs is for jdrop's MLP; with apply_fn the model's own dropout rates apply.")
-        if activation != "relu":
-            raise ValueError("activation is the MLP's; with apply_fn the model applies its own activations.")
+        _reject_activation_with(activation, "apply_fn")
         typed_key = _as_key(key)
     else:
-        _check_mlp_params(params, "jdrop.mc_predict without apply_fn")
+        _check_mlp_params(params, "jdrop.mc_predict without apply_fn", "pass apply_fn=")
         if keep_probs is None:
             raise ValueError(
                 "keep_probs is needed for jdrop's MLP (one keep probability per layer, usually those of training); "
                 "for a model of your own pass apply_fn."
             )
+        activation = "relu" if activation is None else activation
+        _resolve_activation(activation)
         _, concrete = _check_layer_keep_probs(keep_probs, len(params))
         if any(value is None for value in concrete):
             raise TypeError("keep_probs must be Python floats here (they are static arguments of the jitted function).")

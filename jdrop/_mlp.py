@@ -12,11 +12,11 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jdrop._activation import Activation, _resolve_activation, activation_dropout
 from jdrop._checks import (
+    OR_DETERMINISTIC,
     _as_key,
     _check_deterministic,
     _check_floating,
-    _check_keep_prob,
-    _check_keep_probs_sequence,
+    _check_keep_probs,
 )
 from jdrop._dropout import dropout
 
@@ -29,31 +29,34 @@ Initializer = Callable[..., jax.Array]
 
 def _check_layer_keep_probs(
     keep_probs: Sequence[float | jax.Array] | None, num_layers: int
-) -> tuple[tuple[float | jax.Array, ...], list[float | None]]:
+) -> tuple[tuple[float | jax.Array, ...], tuple[float | None, ...]]:
     """One keep probability per layer (all 1.0 for None), and their concrete values (None where traced)."""
-    if keep_probs is not None:
-        _check_keep_probs_sequence(keep_probs, "one keep probability per layer, e.g. (1.0, 0.5, 0.5)")
-    keep = (1.0,) * num_layers if keep_probs is None else tuple(keep_probs)
-    if len(keep) != num_layers:
-        raise ValueError(
-            f"keep_probs has {len(keep)} entries but params has {num_layers} layers: "
-            "give one keep probability per layer (keep_probs[0] applies to the input)."
-        )
-    return keep, [_check_keep_prob(p, f"keep_probs[{i}]") for i, p in enumerate(keep)]
+    if keep_probs is None:
+        return (1.0,) * num_layers, (1.0,) * num_layers
+    return _check_keep_probs(
+        keep_probs,
+        expected="one keep probability per layer, e.g. (1.0, 0.5, 0.5)",
+        count=num_layers,
+        count_error=f"params has {num_layers} layers: give one keep probability per layer "
+        "(keep_probs[0] applies to the input)",
+    )
 
 
-def _check_mlp_params(params: object, caller: str) -> None:
+def _check_mlp_params(params: object, caller: str, own_model: str = "") -> None:
     """Raises a clear error if ``params`` is not an MLP made by :func:`mlp_init`.
 
     A Flax or Equinox model's parameters passed by mistake are told where to go
-    instead of failing later with a bare ``KeyError``.
+    instead of failing later with a bare ``KeyError``: ``own_model`` is the
+    caller's own argument for a model of the user's (e.g. "pass apply_fn="),
+    so that the message names only arguments of the function that raised it.
     """
+    hint = own_model or "call jdrop.dropout in its forward pass"
 
     def fail(problem: str) -> NoReturn:
         raise TypeError(
             f"{caller} runs jdrop's own MLP and needs params from jdrop.mlp_init (a list of "
             f"{{'w': (n_in, n_out), 'b': (n_out,)}} dicts), but {problem}. For a model of your own "
-            "(Flax, Equinox, plain JAX), pass loss_fn= to make_train_step and apply_fn= to mc_predict and evaluate."
+            f"(Flax, Equinox, plain JAX), {hint}."
         )
 
     if not isinstance(params, list | tuple):
@@ -77,8 +80,9 @@ def _check_mlp_params(params: object, caller: str) -> None:
 
 def _default_w_init(activation: Activation) -> Initializer:
     # He initialisation keeps the activation variance constant through relu-like
-    # units (half of them are zero); Glorot suits saturating ones.
-    if activation in ("relu", "gelu"):
+    # units (half of them are zero); Glorot suits saturating ones. The name and
+    # the function it stands for ("relu" and jax.nn.relu) give the same network.
+    if _resolve_activation(activation) in (jax.nn.relu, jax.nn.gelu):
         return jax.nn.initializers.he_normal()
     return jax.nn.initializers.glorot_normal()
 
@@ -100,14 +104,16 @@ def mlp_init(
     and each row of the batch is one example's :math:`a^\top`.
 
     Args:
-      key: PRNG key; split once per layer.
+      key: PRNG key; split into a weight key and a bias key per layer.
       layer_sizes: widths from input to output, e.g. ``(40, 512, 512, 10)``;
         at least two positive ints.
       activation: the activation that :func:`mlp_apply` will use. It only
-        picks the default ``w_init``: He normal for "relu" and "gelu", Glorot
-        normal otherwise.
+        picks the default ``w_init``: He normal for relu and gelu (by name or
+        as ``jax.nn.relu``, ``jax.nn.gelu``), Glorot normal otherwise.
       w_init: a ``jax.nn.initializers`` initialiser for the weights.
-      b_init: initialiser for the biases (zeros by default).
+      b_init: initialiser for the biases (zeros by default). Weights and
+        biases get keys of their own, so random initialisers of both are
+        independent.
       dtype: parameter dtype.
 
     Returns:
@@ -127,13 +133,13 @@ def mlp_init(
     if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in sizes):
         raise ValueError(f"layer_sizes must be positive ints, got {sizes}.")
     w_init = _default_w_init(activation) if w_init is None else w_init
-    keys = jax.random.split(_as_key(key), len(sizes) - 1)
+    keys = jax.random.split(_as_key(key), (len(sizes) - 1, 2))  # a weight key and a bias key per layer
     return [
         {
-            "w": w_init(layer_key, (n_in, n_out), dtype),
-            "b": b_init(layer_key, (n_out,), dtype),
+            "w": w_init(layer_keys[0], (n_in, n_out), dtype),
+            "b": b_init(layer_keys[1], (n_out,), dtype),
         }
-        for layer_key, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+        for layer_keys, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
     ]
 
 
@@ -204,7 +210,7 @@ def mlp_apply(
         )
     keep, concrete = _check_layer_keep_probs(keep_probs, len(params))
     active = not deterministic and any(value != 1.0 for value in concrete)
-    keys = jax.random.split(_as_key(key), len(params)) if active else [None] * len(params)
+    keys = jax.random.split(_as_key(key, or_else=OR_DETERMINISTIC), len(params)) if active else [None] * len(params)
     # Dropout on the input features; then each hidden layer's activation and
     # the next layer's input dropout run as one fused op (activation_dropout),
     # whose backward pass keeps only its output.

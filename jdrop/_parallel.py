@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -47,6 +48,13 @@ def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
     # Built from a host copy shard by shard, so that every process supplies
     # the shards of its own devices: this works with one process or many, as
     # long as each process passes the same global value.
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        # A typed key array has no host form: place its raw words (one more,
+        # unsplit axis), then wrap them again with the same implementation.
+        data_sharding = NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec, None))  # type: ignore[no-untyped-call]
+        data = _global_array(jax.random.key_data(value), data_sharding)
+        keys: jax.Array = jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+        return keys
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -55,8 +63,9 @@ def replicate(tree: Tree, mesh: Mesh) -> Tree:
     """Places every array of ``tree`` whole on every device of ``mesh``.
 
     Args:
-      tree: a pytree of arrays (parameters, a :class:`jdrop.TrainState`). With
-        several processes, every process must pass the same values.
+      tree: a pytree of arrays (parameters, a :class:`jdrop.TrainState`),
+        typed PRNG keys included. With several processes, every process must
+        pass the same values.
       mesh: from :func:`data_parallel_mesh`.
 
     Returns:
@@ -78,8 +87,9 @@ def shard_batch(tree: Tree, mesh: Mesh, *, axis: int = 0) -> Tree:
 
     Args:
       tree: a pytree of arrays whose ``axis`` is the batch (for example
-        ``(x, y)``). With several processes, every process passes the same
-        global batch and keeps only its own devices' shards.
+        ``(x, y)``, or ``(x, y, keys)`` with one typed key per example).
+        With several processes, every process passes the same global batch
+        and keeps only its own devices' shards.
       mesh: from :func:`data_parallel_mesh`.
       axis: the batch axis (use 1 for a ``(steps, batch, ...)`` chunk).
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jdrop._activation import Activation, _resolve_activation
-from jdrop._checks import _as_key, _check_keep_prob, _check_keep_probs_sequence, _compute_dtype
+from jdrop._activation import Activation, _reject_activation_with, _resolve_activation
+from jdrop._checks import KeyLike, _as_key, _check_keep_probs, _compute_dtype
 from jdrop._mlp import Params, _check_mlp_params, mlp_apply
 
 __all__ = ["TrainState", "evaluate", "init_train_state", "l2_penalty", "make_train_step"]
@@ -112,24 +112,12 @@ def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
 
 
-TrainStep = Callable[[TrainState, Any, Any, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+#: ``step(state, x, y, *, key) -> (state, metrics)``.
+TrainStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 #: A keep probability, or an optax-style schedule ``step -> keep probability``.
 KeepProb = float | Callable[[jax.Array], jax.Array | float]
-#: ``loss_fn(params, x, y, key, keep_probs) -> loss`` or ``(loss, metrics)``.
+#: ``loss_fn(params, x, y, *, key, keep_probs) -> loss`` or ``(loss, metrics)``.
 LossFn = Callable[..., Any]
-
-
-def _check_keep_probs(keep_probs: Sequence[KeepProb]) -> tuple[KeepProb, ...]:
-    """Checks numbers now, and schedules at step 0 (later steps run traced)."""
-    _check_keep_probs_sequence(keep_probs, "one keep probability or schedule per layer")
-    checked = tuple(keep_probs)
-    for i, keep_prob in enumerate(checked):
-        if callable(keep_prob):
-            first = keep_prob(jnp.zeros((), jnp.int32))
-            _check_keep_prob(first, f"keep_probs[{i}] (a schedule) at step 0")
-        else:
-            _check_keep_prob(keep_prob, f"keep_probs[{i}]")
-    return checked
 
 
 _RESERVED_METRICS = frozenset({"loss", "keep_probs"})
@@ -139,7 +127,7 @@ def _call_loss_fn(
     loss_fn: LossFn, params: Any, x: Any, y: Any, key: jax.Array, keep: tuple[Any, ...] | None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Calls a user's ``loss_fn`` and checks what it returns."""
-    out = loss_fn(params, x, y, key, keep)
+    out = loss_fn(params, x, y, key=key, keep_probs=keep)
     metrics: Mapping[str, jax.Array] = {}
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], Mapping):
@@ -162,14 +150,14 @@ def make_train_step(
     *,
     loss_fn: LossFn | None = None,
     keep_probs: Sequence[KeepProb] | None = None,
-    activation: Activation = "relu",
+    activation: Activation | None = None,
     l2: float = 0.0,
 ) -> TrainStep:
     r"""Builds a jit-compiled, pure training step: jdrop's MLP, or any model through ``loss_fn``.
 
     **Any model.** With ``loss_fn``, the step differentiates
-    ``loss_fn(params, x, y, key, keep_probs)`` with respect to ``params`` (any
-    pytree of arrays) and applies the optimiser. ``x`` and ``y`` are passed
+    ``loss_fn(params, x, y, key=key, keep_probs=keep_probs)`` with respect to
+    ``params`` (any pytree of arrays) and applies the optimiser. ``x`` and ``y`` are passed
     through untouched, so they may be any pytrees; ``key`` is the step's
     dropout key; ``keep_probs`` is None, or a tuple with one entry per given
     keep probability: the number itself, or a schedule's traced value at this
@@ -199,20 +187,22 @@ def make_train_step(
 
     Args:
       optimizer: any optax gradient transformation.
-      loss_fn: ``loss_fn(params, x, y, key, keep_probs) -> loss`` or
-        ``(loss, metrics)``; None trains jdrop's MLP.
+      loss_fn: ``loss_fn(params, x, y, *, key, keep_probs) -> loss`` or
+        ``(loss, metrics)``, called with ``key`` and ``keep_probs`` as
+        keywords; None trains jdrop's MLP.
       keep_probs: keep probabilities, each a number or a schedule
         ``step -> keep_prob``. For the MLP, one per layer (see
         :func:`jdrop.mlp_apply`), None training without dropout; with
         ``loss_fn``, as many as ``loss_fn`` uses.
       activation: the MLP's activation: "relu", "tanh", "sigmoid", "gelu", or
-        a callable. Not used with ``loss_fn``.
+        a callable; None means "relu". Not allowed with ``loss_fn``.
       l2: the MLP's L2 coefficient :math:`\lambda \ge 0`; 0 disables it. With
         ``loss_fn``, put a penalty into ``loss_fn`` (or chain
         ``optax.add_decayed_weights``) instead.
 
     Returns:
-      ``step(state, x, y, key) -> (state, metrics)``, jitted. ``metrics`` has
+      ``step(state, x, y, *, key) -> (state, metrics)``, jitted; ``key`` is
+      keyword-only. ``metrics`` has
       "loss" (the objective, with dropout) and, with ``keep_probs`` given,
       "keep_probs": the keep probabilities the step used, as an array. For the
       MLP, ``x`` is ``(batch, n_in)``, ``y`` ``(batch,)`` integer labels, and
@@ -234,12 +224,12 @@ def make_train_step(
       >>> step = jdrop.make_train_step(optimizer, keep_probs=(1.0, 0.5), l2=1e-3)
       >>> state = jdrop.init_train_state(params, optimizer)
       >>> x, y = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)
-      >>> state, metrics = step(state, x, y, jax.random.key(1))
+      >>> state, metrics = step(state, x, y, key=jax.random.key(1))
       >>> int(state.step), sorted(metrics)
       (1, ['accuracy', 'cross_entropy', 'keep_probs', 'loss'])
       >>> schedule = optax.linear_schedule(1.0, 0.5, transition_steps=1000)
       >>> step = jdrop.make_train_step(optimizer, keep_probs=(1.0, schedule))
-      >>> state, metrics = step(state, x, y, jax.random.key(1))
+      >>> state, metrics = step(state, x, y, key=jax.random.key(1))
       >>> [round(p, 4) for p in metrics["keep_probs"].tolist()]  # at step 1
       [1.0, 0.9995]
 
@@ -252,38 +242,42 @@ def make_train_step(
       >>> params = {"w": jnp.full((4, 8), 0.1)}
       >>> step = jdrop.make_train_step(optimizer, loss_fn=loss_fn, keep_probs=(0.5,))
       >>> state = jdrop.init_train_state(params, optimizer)
-      >>> state, metrics = step(state, x, jnp.ones(8), jax.random.key(2))
+      >>> state, metrics = step(state, x, jnp.ones(8), key=jax.random.key(2))
       >>> sorted(metrics)
       ['keep_probs', 'loss', 'mean_hidden']
     """
     l2 = _check_l2(l2)
-    schedules = None if keep_probs is None else _check_keep_probs(keep_probs)
-    _resolve_activation(activation)
+    schedules = None
+    if keep_probs is not None:
+        schedules, _ = _check_keep_probs(
+            keep_probs, expected="one keep probability or schedule per layer", schedules=True
+        )
     if loss_fn is not None:
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(params, x, y, key, keep_probs), got {loss_fn!r}.")
+            raise TypeError(f"loss_fn must be callable as loss_fn(params, x, y, *, key, keep_probs), got {loss_fn!r}.")
         if l2:
             raise ValueError(
                 "l2 is the MLP's weight penalty and cannot be applied with loss_fn: add a penalty to "
                 "loss_fn, or chain optax.add_decayed_weights with your optimizer."
             )
-        if activation != "relu":
-            raise ValueError("activation is the MLP's; with loss_fn the model applies its own activations.")
+        _reject_activation_with(activation, "loss_fn")
+    mlp_activation = "relu" if activation is None else activation
+    _resolve_activation(mlp_activation)
 
     def objective(
         params: Any, x: Any, y: Any, key: jax.Array, keep: tuple[Any, ...] | None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         if loss_fn is not None:
             return _call_loss_fn(loss_fn, params, x, y, key, keep)
-        _check_mlp_params(params, "make_train_step without loss_fn")
+        _check_mlp_params(params, "jdrop.make_train_step without loss_fn", "pass loss_fn=")
         x, y = jnp.asarray(x), jnp.asarray(y)  # Python lists, as anywhere in jax.numpy
         loss, (cross_entropy, logits) = _loss(
-            params, x, y, key, keep_probs=keep, activation=activation, l2=l2, deterministic=False
+            params, x, y, key, keep_probs=keep, activation=mlp_activation, l2=l2, deterministic=False
         )
         return loss, {"cross_entropy": cross_entropy, "accuracy": _accuracy(logits, y)}
 
     @jax.jit
-    def step(state: TrainState, x: Any, y: Any, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, x: Any, y: Any, *, key: KeyLike) -> tuple[TrainState, dict[str, jax.Array]]:
         keep = None
         if schedules is not None:
             keep = tuple(p(state.step) if callable(p) else p for p in schedules)
@@ -311,10 +305,14 @@ def _metrics_of_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "activation"))
 def _evaluate(
-    params: Any, x: Any, y: jax.Array, apply_fn: Callable[[Any, Any], jax.Array] | None, activation: Activation
+    params: Any,
+    x: Any,
+    y: jax.Array,
+    apply_fn: Callable[[Any, Any], jax.Array] | None,
+    activation: Activation | None,
 ) -> dict[str, jax.Array]:
     if apply_fn is None:
-        logits = mlp_apply(params, x, deterministic=True, activation=activation)
+        logits = mlp_apply(params, x, deterministic=True, activation=activation or "relu")
     else:
         logits = apply_fn(params, x)
     return _metrics_of_logits(logits, y)
@@ -326,7 +324,7 @@ def evaluate(
     y: ArrayLike,
     *,
     apply_fn: Callable[[Any, Any], jax.Array] | None = None,
-    activation: Activation = "relu",
+    activation: Activation | None = None,
 ) -> dict[str, jax.Array]:
     """Deterministic evaluation: all units, no scaling, no key (jitted).
 
@@ -338,7 +336,8 @@ def evaluate(
         model in evaluation mode (for example an NNX model merged with
         ``deterministic=True``); None runs jdrop's MLP. It is a static
         argument of the jitted evaluation: define it once, not per call.
-      activation: the MLP's activation, as in training.
+      activation: the MLP's activation, as in training; None means "relu".
+        Not allowed with ``apply_fn``.
 
     Returns:
       ``{"cross_entropy": ..., "accuracy": ...}``: scalars in the logits'
@@ -360,12 +359,13 @@ def evaluate(
       >>> float(metrics["accuracy"])  # equal logits: argmax is class 0
       1.0
     """
-    _resolve_activation(activation)
     if apply_fn is None:
-        _check_mlp_params(params, "jdrop.evaluate without apply_fn")
+        _check_mlp_params(params, "jdrop.evaluate without apply_fn", "pass apply_fn=")
+        activation = "relu" if activation is None else activation
+        _resolve_activation(activation)
     elif not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable as apply_fn(params, x) -> logits, got {apply_fn!r}.")
-    elif activation != "relu":
-        raise ValueError("activation is the MLP's; with apply_fn the model applies its own activations.")
+    else:
+        _reject_activation_with(activation, "apply_fn")
     metrics: dict[str, jax.Array] = _evaluate(params, x, jnp.asarray(y), apply_fn, activation)
     return metrics

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jdrop._checks import (
+    OR_DETERMINISTIC,
     KeyLike,
     _as_key,
     _check_count,
@@ -92,6 +93,26 @@ def _standard_logistic(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.where(negative, lower, -lower)
 
 
+@jax.custom_jvp
+def _noise_std(keep_prob: jax.Array) -> jax.Array:
+    """Gaussian dropout's noise scale :math:`\\sqrt{(1 - p) / p}` (float32), NaN outside (0, 1]."""
+    valid = (keep_prob > 0.0) & (keep_prob <= 1.0)  # False for NaN
+    return jnp.where(valid, jnp.sqrt((1.0 - keep_prob) / jnp.where(valid, keep_prob, 1.0)), jnp.nan)
+
+
+@_noise_std.defjvp
+def _noise_std_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    # d/dp sqrt((1 - p) / p) = -1 / (2 std p^2). At p = 1 (std = 0) the exact
+    # one-sided derivative is -inf; it is taken as 0 there, so that a schedule
+    # or a learned keep probability that reaches 1 never turns gradients into
+    # NaN (autodiff of the sqrt gave inf * 0 = NaN).
+    (keep_prob,), (keep_prob_dot,) = primals, tangents
+    std = _noise_std(keep_prob)
+    positive = std > 0.0  # False for NaN
+    slope = jnp.where(positive, -0.5 / (jnp.where(positive, std, 1.0) * keep_prob * keep_prob), 0.0)
+    return std, slope * keep_prob_dot
+
+
 def gaussian_dropout(
     key: KeyLike | None,
     x: ArrayLike,
@@ -120,8 +141,10 @@ def gaussian_dropout(
         ``keep_prob`` is the Python value 1.0.
       x: floating array of any shape.
       keep_prob: in (0, 1]; sets :math:`\sigma`. A traced scalar does not
-        trigger recompilation and is differentiable; a traced value outside
-        (0, 1] makes the output NaN.
+        trigger recompilation and is differentiable; at 1.0, where
+        :math:`d\sigma/dp` is infinite, its derivative is defined as 0, so
+        gradients stay finite. A traced value outside (0, 1] makes the
+        output NaN.
       deterministic: if True, return ``x`` unchanged (evaluation).
       broadcast_dims: axes along which the noise is shared.
 
@@ -142,10 +165,8 @@ def gaussian_dropout(
     x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
-    z = _standard_normal(_as_key(key), shape)
-    p = jnp.asarray(keep_prob).astype(jnp.float32)
-    valid = (p > 0.0) & (p <= 1.0)  # False for NaN
-    std = jnp.where(valid, jnp.sqrt((1.0 - p) / jnp.where(valid, p, 1.0)), jnp.nan)
+    z = _standard_normal(_as_key(key, or_else=OR_DETERMINISTIC), shape)
+    std = _noise_std(jnp.asarray(keep_prob).astype(jnp.float32))
     dtype = _compute_dtype(x)
     return (x.astype(dtype) * (1.0 + std.astype(dtype) * z.astype(dtype))).astype(x.dtype)
 
@@ -203,7 +224,7 @@ def alpha_dropout(
     x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
-    mask, q = _draw_mask(_as_key(key), shape, keep_prob)
+    mask, q = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), shape, keep_prob)
     dtype = _compute_dtype(x)
     q = q.astype(dtype)
     # q is NaN for an invalid traced keep_prob and 0 for a traced 0: both NaN here.
@@ -225,7 +246,7 @@ def drop_path(
 
     Use it on the branch, before the residual sum: ``x + drop_path(key, f(x), p)``
     (Huang et al. 2016; torchvision ``stochastic_depth``, timm ``DropPath``).
-    Kept values are divided by the effective keep probability, as in
+    Kept values are scaled by one over the effective keep probability, as in
     :func:`dropout`, so the expected branch output is unchanged:
 
     * ``mode="row"``: one keep decision per index of axis 0 (per example),
@@ -374,12 +395,16 @@ def concrete_dropout(
     _check_deterministic(deterministic)
     if deterministic:
         return x
-    logistic = _standard_logistic(_as_key(key), shape)
+    logistic = _standard_logistic(_as_key(key, or_else=OR_DETERMINISTIC), shape)
     dtype = _compute_dtype(x)
     logit = logit.astype(dtype)
-    inverse_keep = 1.0 + jnp.exp(-logit)  # 1 / sigmoid(logit), on keep_logit's (small) shape
-    relaxed_mask = jax.nn.sigmoid((logit + logistic.astype(dtype)) / temperature)
-    return (x.astype(dtype) * relaxed_mask * inverse_keep).astype(x.dtype)
+    # The mask over the keep probability, sigmoid(z) / sigmoid(logit), in log
+    # space: for a logit below about -88 both are below float32's range, and
+    # the direct form (1 + exp(-logit) overflowing times a mask of 0) was NaN.
+    # log_sigmoid and its derivative are finite for every finite input.
+    relaxed = (logit + logistic.astype(dtype)) / temperature
+    scaled_mask = jnp.exp(jax.nn.log_sigmoid(relaxed) - jax.nn.log_sigmoid(logit))
+    return (x.astype(dtype) * scaled_mask).astype(x.dtype)
 
 
 def concrete_dropout_regularizer(
@@ -455,9 +480,16 @@ def concrete_dropout_regularizer(
     logit = jnp.broadcast_to(logit.astype(dtype), (in_features,))
     squares = jnp.square(kernel.astype(dtype))
     row_squares = squares.sum(axis=tuple(a for a in range(kernel.ndim) if a != kernel.ndim - 2))
-    inverse_keep = 1.0 + jnp.exp(-logit)  # 1 / sigmoid(logit)
-    keep = jax.nn.sigmoid(logit)
-    # Binary entropy from the logit, finite at any logit: -log p = softplus(-l), -log(1 - p) = softplus(l).
-    entropy = keep * jax.nn.softplus(-logit) + (1.0 - keep) * jax.nn.softplus(logit)
-    weight_term = 0.5 * jnp.asarray(length_scale, dtype) ** 2 * jnp.sum(row_squares * inverse_keep)
+    # ||W_k||^2 / p_k, with 1 / p = exp(softplus(-l)). Below a logit of about
+    # -88, 1 / p exceeds float32: a row of zeros then contributes exactly 0
+    # (not 0 * inf = NaN, in the value or the gradient), any other row the
+    # correctly rounded inf.
+    nonzero = row_squares > 0.0
+    log_inverse_keep = jnp.where(nonzero, jax.nn.softplus(-logit), 0.0)
+    weighted = jnp.where(nonzero, row_squares * jnp.exp(log_inverse_keep), 0.0)
+    # Binary entropy from the logit, finite at any logit: -log p = softplus(-l),
+    # -log(1 - p) = softplus(l), and 1 - p = sigmoid(-l), which keeps its
+    # precision where p rounds to 1.
+    entropy = jax.nn.sigmoid(logit) * jax.nn.softplus(-logit) + jax.nn.sigmoid(-logit) * jax.nn.softplus(logit)
+    weight_term = 0.5 * jnp.asarray(length_scale, dtype) ** 2 * jnp.sum(weighted)
     return (weight_term - jnp.sum(entropy)) / num_examples

@@ -57,7 +57,7 @@ def train_seeds(init_params, loss_fn, predict, train, test, steps=200):
 
     def run(params, key):
         state = jdrop.init_train_state(params, optimizer)
-        state = jax.lax.scan(lambda s, _: step(s, *train, key), state, length=steps)[0]
+        state = jax.lax.scan(lambda s, _: step(s, *train, key=key), state, length=steps)[0]
         return jdrop.evaluate(state.params, test[0], test[1], apply_fn=predict)["accuracy"]
 
     keys = jax.random.split(jax.random.key(100), len(SEEDS))

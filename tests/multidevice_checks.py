@@ -121,11 +121,11 @@ def main() -> None:
     labels = jax.random.randint(jax.random.key(4), (64,), 0, 10)
     single = start
     for _ in range(50):
-        single, _ = step(single, x, labels, key)
+        single, _ = step(single, x, labels, key=key)
     sharded = jdrop.replicate(start, data_mesh)
     xb, yb = jdrop.shard_batch((x, labels), data_mesh)
     for _ in range(50):
-        sharded, _ = step(sharded, xb, yb, key)
+        sharded, _ = step(sharded, xb, yb, key=key)
     results["data_parallel_max_abs_difference"] = max(
         float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True)
     )

@@ -175,7 +175,7 @@ class TestApplyErrors:
     x = jnp.ones((2, SIZES[0]))
 
     def test_keep_probs_length(self):
-        with pytest.raises(ValueError, match="keep_probs has 2 entries but params has 3 layers"):
+        with pytest.raises(ValueError, match="keep_probs has 2 entries, but params has 3 layers"):
             jdrop.mlp_apply(self.params, self.x, key=jax.random.key(0), keep_probs=(0.5, 0.5))
 
     def test_input_width_names_both_widths(self):

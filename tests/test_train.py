@@ -28,7 +28,7 @@ def blobs(n=240, seed=0):
 
 def train(step_fn, state, x, y, steps, key):
     for _ in range(steps):
-        state, metrics = step_fn(state, x, y, key)
+        state, metrics = step_fn(state, x, y, key=key)
     return state, metrics
 
 
@@ -74,7 +74,7 @@ def test_each_step_folds_its_count_into_the_key_and_backprop_uses_the_forward_ma
 
     params = state.params
     for count in range(3):
-        state, metrics = step(state, x, y, key)
+        state, metrics = step(state, x, y, key=key)
         step_key = jax.random.fold_in(key, count)
         expected_loss, grads = jax.value_and_grad(loss)(params, step_key)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
@@ -92,12 +92,12 @@ def test_l2_penalty_is_lambda_over_2m_times_the_squared_weights():
     x, y = blobs(n=20)
     optimizer = optax.sgd(0.05)
     state = jdrop.init_train_state(params, optimizer)
-    new_state, metrics = jdrop.make_train_step(optimizer, l2=0.3)(state, x, y, key)
+    new_state, metrics = jdrop.make_train_step(optimizer, l2=0.3)(state, x, y, key=key)
     chex.assert_trees_all_close(
         metrics["loss"] - metrics["cross_entropy"], jdrop.l2_penalty(params, 0.3, 20), rtol=1e-5
     )
     # The penalty's gradient, lambda / m * W, reaches the weights but not the biases.
-    plain, _ = jdrop.make_train_step(optimizer)(state, x, y, jax.random.clone(key))
+    plain, _ = jdrop.make_train_step(optimizer)(state, x, y, key=jax.random.clone(key))
     for layer, with_l2, without in zip(params, new_state.params, plain.params, strict=True):
         chex.assert_trees_all_close(without["w"] - with_l2["w"], 0.05 * 0.3 / 20 * layer["w"], atol=1e-7)
         np.testing.assert_array_equal(without["b"], with_l2["b"])
@@ -114,7 +114,7 @@ def test_steps_run_inside_lax_scan_and_never_retrace():
     same_key = jax.random.clone(key)
 
     def body(state, _):
-        return step(state, x, y, same_key)
+        return step(state, x, y, key=same_key)
 
     scanned, metrics = jax.jit(lambda s: jax.lax.scan(body, s, None, length=5))(start)
     chex.assert_shape(metrics["loss"], (5,))
@@ -147,7 +147,7 @@ def test_errors():
     init_key, key = jax.random.split(jax.random.key(0))
     state = jdrop.init_train_state(jdrop.mlp_init(init_key, SIZES), optimizer)
     with pytest.raises(ValueError, match="keep_probs has 2 entries"):
-        jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, key)
+        jdrop.make_train_step(optimizer, keep_probs=(0.5, 0.5))(state, x, y, key=key)
 
 
 def test_keep_prob_schedules_change_every_step_without_retracing():
@@ -166,7 +166,7 @@ def test_keep_prob_schedules_change_every_step_without_retracing():
     for count in range(8):
         expected_keep = float(schedule(count))
         expected_loss = loss(state.params, count, expected_keep)
-        state, metrics = step(state, x, y, key)
+        state, metrics = step(state, x, y, key=key)
         used.append(float(metrics["keep_probs"][1]))
         chex.assert_trees_all_close(metrics["keep_probs"], jnp.array([1.0, expected_keep, 0.5]), atol=1e-7)
         # The step dropped units with the scheduled probability of that very step.
@@ -245,7 +245,7 @@ def test_loss_fn_step_is_sgd_on_the_loss_with_the_folded_key_and_scheduled_keep_
             expected_params, x, y, step_key, (keep, 1.0)
         )
         expected_params = jax.tree.map(lambda p, g: p - learning_rate * g, expected_params, grads)
-        state, metrics = step(state, x, y, key)
+        state, metrics = step(state, x, y, key=key)
         chex.assert_trees_all_close(state.params, expected_params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(metrics["loss"], expected_loss, rtol=1e-6)
         chex.assert_trees_all_close(metrics["hidden_mean"], aux["hidden_mean"], rtol=1e-6)
@@ -266,7 +266,7 @@ def test_loss_fn_may_return_a_bare_scalar_and_keep_probs_may_be_none():
 
     optimizer = optax.sgd(0.1)
     state, metrics = jdrop.make_train_step(optimizer, loss_fn=loss_fn)(
-        jdrop.init_train_state(params, optimizer), x, y, jax.random.key(0)
+        jdrop.init_train_state(params, optimizer), x, y, key=jax.random.key(0)
     )
     assert sorted(metrics) == ["loss"] and seen == [None] and int(state.step) == 1
 
@@ -276,36 +276,40 @@ def test_loss_fn_errors():
     optimizer = optax.sgd(0.1)
     with pytest.raises(ValueError, match=r"l2 is the MLP's weight penalty.*add_decayed_weights"):
         jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, l2=0.1)
-    with pytest.raises(ValueError, match="activation is the MLP's"):
-        jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, activation="tanh")
+    # Any activation given beside loss_fn is an error, "relu" (once the "not given" value) included.
+    for activation in ("tanh", "relu", jax.nn.relu):
+        with pytest.raises(ValueError, match="activation is for jdrop's MLP; with loss_fn"):
+            jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, activation=activation)
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         jdrop.make_train_step(optimizer, loss_fn="mse")
     with pytest.raises(TypeError, match="keep_probs must be a sequence"):
         jdrop.make_train_step(optimizer, loss_fn=tree_model_loss, keep_probs=0.5)
     state = jdrop.init_train_state(params, optimizer)
     bad_returns = {
-        "a tuple of 3 elements": lambda *args: (1.0, {}, 2.0),
-        "floating scalar loss, got shape": lambda *args: jnp.ones(3),
-        r"may not be named \['loss'\]": lambda *args: (jnp.float32(1.0), {"loss": jnp.float32(0.0)}),
+        "a tuple of 3 elements": lambda *args, **kwargs: (1.0, {}, 2.0),
+        "floating scalar loss, got shape": lambda *args, **kwargs: jnp.ones(3),
+        r"may not be named \['loss'\]": lambda *args, **kwargs: (jnp.float32(1.0), {"loss": jnp.float32(0.0)}),
     }
     key = jax.random.key(0)  # never consumed: the steps raise first
     for message, loss_fn in bad_returns.items():
         with pytest.raises((TypeError, ValueError), match=message):
-            jdrop.make_train_step(optimizer, loss_fn=loss_fn)(state, x, y, key)
+            jdrop.make_train_step(optimizer, loss_fn=loss_fn)(state, x, y, key=key)
 
 
 def test_mlp_functions_tell_a_foreign_model_where_to_go():
     foreign = {"Dense_0": {"kernel": jnp.ones((8, 3)), "bias": jnp.zeros(3)}}  # a linen model's params
     x, y = blobs(n=10)
     optimizer = optax.sgd(0.1)
-    message = r"needs params from jdrop.mlp_init.*pass loss_fn= to make_train_step and apply_fn= to mc_predict"
-    with pytest.raises(TypeError, match=message):
-        jdrop.make_train_step(optimizer)(jdrop.init_train_state(foreign, optimizer), x, y, jax.random.key(0))
-    with pytest.raises(TypeError, match=message):
+    message = r"needs params from jdrop.mlp_init.*For a model of your own \(Flax, Equinox, plain JAX\), "
+    with pytest.raises(TypeError, match=message + "pass loss_fn="):
+        jdrop.make_train_step(optimizer)(jdrop.init_train_state(foreign, optimizer), x, y, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=message + "pass apply_fn="):
         jdrop.evaluate(foreign, x, y)
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(TypeError, match=message + "pass apply_fn="):
+        jdrop.mc_predict(foreign, x, key=jax.random.key(0), keep_probs=(0.5,), num_samples=2)
+    with pytest.raises(TypeError, match=message + "call jdrop.dropout in its forward pass"):
         jdrop.mlp_apply(foreign, x)
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(TypeError, match=message + "call jdrop.dropout in its forward pass"):
         jdrop.l2_penalty(foreign, 0.1, 10)
     with pytest.raises(TypeError, match=r"params\[0\] is a dict with keys \['bias', 'kernel'\]"):
         jdrop.mlp_apply([{"kernel": jnp.ones((8, 3)), "bias": jnp.zeros(3)}], x)
@@ -330,8 +334,9 @@ def test_evaluate_with_apply_fn_is_the_metrics_of_its_logits():
         jdrop.evaluate(params, {"features": x}, y[:10], apply_fn=apply_fn)
     with pytest.raises(TypeError, match="apply_fn must be callable"):
         jdrop.evaluate(params, x, y, apply_fn=3)
-    with pytest.raises(ValueError, match="activation is the MLP's"):
-        jdrop.evaluate(params, x, y, apply_fn=apply_fn, activation="tanh")
+    for activation in ("tanh", "relu"):
+        with pytest.raises(ValueError, match="activation is for jdrop's MLP; with apply_fn"):
+            jdrop.evaluate(params, x, y, apply_fn=apply_fn, activation=activation)
 
 
 def test_python_lists_are_arrays_in_the_mlp_step_and_evaluate():
@@ -340,8 +345,8 @@ def test_python_lists_are_arrays_in_the_mlp_step_and_evaluate():
     state = jdrop.init_train_state(jdrop.mlp_init(jax.random.key(40), SIZES), optimizer)
     step = jdrop.make_train_step(optimizer, keep_probs=KEEP_PROBS)
     key = jax.random.key(41)
-    from_lists, _ = step(state, x.tolist(), y.tolist(), jax.random.clone(key))
-    from_arrays, _ = step(state, x, y, key)
+    from_lists, _ = step(state, x.tolist(), y.tolist(), key=jax.random.clone(key))
+    from_arrays, _ = step(state, x, y, key=key)
     chex.assert_trees_all_equal(from_lists, from_arrays)
     chex.assert_trees_all_equal(
         jdrop.evaluate(state.params, x.tolist(), y.tolist()), jdrop.evaluate(state.params, x, y)
@@ -357,8 +362,8 @@ params = jdrop.mlp_init(jax.random.key(0), (4, 8, 3), dtype=jnp.float64)
 x, y = jnp.ones((6, 4), jnp.float64), jnp.arange(6) % 3
 optimizer = optax.sgd(0.1)
 step = jdrop.make_train_step(optimizer, keep_probs=(1.0, 0.5), l2=0.1)
-state, metrics = step(jdrop.init_train_state(params, optimizer), x, y, jax.random.key(1))
-mc = jdrop.mc_predict(params, x, jax.random.key(2), keep_probs=(1.0, 0.5), num_samples=4)
+state, metrics = step(jdrop.init_train_state(params, optimizer), x, y, key=jax.random.key(1))
+mc = jdrop.mc_predict(params, x, key=jax.random.key(2), keep_probs=(1.0, 0.5), num_samples=4)
 dtypes = {
     "loss": metrics["loss"].dtype,
     "cross_entropy": jdrop.evaluate(params, x, y)["cross_entropy"].dtype,
