@@ -1,11 +1,13 @@
-"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, and names for the doctests."""
+"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, hypothesis profiles, names for the doctests."""
 
+import os
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from hypothesis import HealthCheck, settings
 
 import jdrop
 
@@ -17,6 +19,24 @@ import jdrop
 # module-level code and module-scoped fixtures, which run outside
 # function-scoped fixtures.
 jax.config.update("jax_debug_key_reuse", True)
+
+
+# Hypothesis: the same commit gives the same result. The default profile,
+# "ci", is derandomised (its examples are a function of the test alone) and
+# writes no example database. To search further, run for example
+#   HYPOTHESIS_PROFILE=explore pytest tests/test_properties.py -n 0
+# which draws 1000 fresh random examples per test; an example found that way
+# goes into the test as an explicit @example, so that CI keeps checking it.
+# Every example compiles (a new shape, dtype or set of axes), hence no
+# deadline; the autouse fixtures below hold for every example alike.
+_PROPERTY_SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture],
+}
+settings.register_profile("ci", derandomize=True, max_examples=30, **_PROPERTY_SETTINGS)
+settings.register_profile("explore", derandomize=False, max_examples=1000, **_PROPERTY_SETTINGS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -206,7 +206,8 @@ def mlp_apply(
     n_in = params[0]["w"].shape[0]
     if x.ndim == 0 or x.shape[-1] != n_in:
         raise ValueError(
-            f"x has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), but the first layer expects n_in={n_in}."
+            f"x has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), but the first layer takes {n_in} "
+            f"(params[0]['w'] has shape {params[0]['w'].shape})."
         )
     keep, concrete = _check_layer_keep_probs(keep_probs, len(params))
     active = not deterministic and any(value != 1.0 for value in concrete)

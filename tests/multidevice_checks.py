@@ -133,6 +133,26 @@ def main() -> None:
         leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded.params)
     )
     results["data_parallel_steps"] = int(sharded.step.addressable_data(0))
+    # Train states and batches carry typed keys: one per example, split over the devices, and a replicated one.
+    example_keys = jax.random.split(jax.random.key(5), 64)
+    placed_keys, placed_x = jdrop.shard_batch((example_keys, x), data_mesh)
+    state_key = jdrop.replicate({"key": jax.random.key(6, impl="rbg")}, data_mesh)["key"]
+    results["typed_keys"] = {
+        "batch_dtype_kept": placed_keys.dtype == example_keys.dtype,
+        "batch_values_kept": bool(np.array_equal(jax.random.key_data(placed_keys), jax.random.key_data(example_keys))),
+        "batch_sharded": placed_keys.sharding.spec[0] == "batch"
+        and placed_keys.addressable_shards[0].data.shape == (8,),
+        "replicated_impl_kept": str(jax.random.key_impl(state_key))
+        == str(jax.random.key_impl(jax.random.key(0, impl="rbg"))),
+        "replicated": state_key.sharding.is_fully_replicated,
+        # Per-example dropout with the placed keys is the one-device result.
+        "per_example_dropout": bool(
+            np.array_equal(
+                jax.jit(jax.vmap(lambda k, row: jdrop.dropout(k, row, 0.5)))(placed_keys, placed_x),
+                jax.vmap(lambda k, row: jdrop.dropout(k, row, 0.5))(jax.random.clone(example_keys), x),
+            )
+        ),
+    }
     try:
         jdrop.shard_batch(jnp.ones((12, 3)), data_mesh)
     except ValueError as error:

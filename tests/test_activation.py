@@ -20,12 +20,13 @@ def pre_activations(shape=(16, 40), dtype=jnp.float32):
     return z.at[:, ::7].set(0.0).astype(dtype)
 
 
-def float32_tolerance(scale):
-    """A few float32 ulps of the largest term: both paths round tanh/sigmoid
-    to float32 before forming the slope 1 - a^2 or a (1 - a), so where the
+def float32_tolerance(scale, dtype=jnp.float32):
+    """A few ulps of ``dtype`` of the largest term: both paths round tanh/sigmoid
+    to ``dtype`` before forming the slope 1 - a^2 or a (1 - a), so where the
     activation saturates the two differ by cancellation error of that size
-    (each is that far from the float64 slope too)."""
-    return 8 * float(jnp.finfo(jnp.float32).eps) * float(scale)
+    (each is that far from the exact slope too), plus a rounding or two of
+    the products; 8 ulps bounds the four roundings of each path."""
+    return 8 * float(jnp.finfo(dtype).eps) * float(scale)
 
 
 def plain(key, z, keep_prob, activation):
@@ -74,6 +75,32 @@ class DerivativeTest(chex.TestCase):
 
         atol = float32_tolerance(jnp.max(jnp.abs(weights)) / jdrop.effective_keep_prob(keep_prob))
         chex.assert_trees_all_close(grad_of(fused, key), grad_of(plain, jax.random.clone(key)), rtol=0, atol=atol)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(activation=FUSED, dtype=(jnp.bfloat16, jnp.float16))
+    def test_low_precision_gradient_matches_the_unfused_pair(self, activation, dtype):
+        # The custom JVP forms its slopes in the input's dtype, as autodiff of
+        # the unfused pair does: they agree within a few ulps of that dtype.
+        z = pre_activations(dtype=dtype)
+        weights = jax.random.normal(jax.random.key(2), z.shape).astype(dtype)
+        key = jax.random.key(0)
+
+        def grad_of(fn, key):
+            return self.variant(
+                jax.grad(lambda z, k: jnp.sum((fn(k, z, 0.7, activation) * weights).astype(jnp.float32)))
+            )(z, key)
+
+        fused_grad, plain_grad = grad_of(fused, key), grad_of(plain, jax.random.clone(key))
+        chex.assert_type(fused_grad, dtype)
+        atol = float32_tolerance(jnp.max(jnp.abs(weights.astype(jnp.float32))) / jdrop.effective_keep_prob(0.7), dtype)
+        np.testing.assert_allclose(
+            np.asarray(fused_grad, np.float32), np.asarray(plain_grad, np.float32), rtol=0, atol=atol
+        )
+        # Dropped entries get exactly zero gradient in both (where tanh or
+        # sigmoid saturates, a kept slope may round to 0 in one path only).
+        dropped = ~np.asarray(jdrop.dropout_mask(jax.random.clone(key), z.shape, 0.7))
+        np.testing.assert_array_equal(np.asarray(fused_grad, np.float32)[dropped], 0.0)
+        np.testing.assert_array_equal(np.asarray(plain_grad, np.float32)[dropped], 0.0)
 
     def test_tanh_keeps_the_slope_of_a_kept_zero(self):
         z = jnp.zeros(64)

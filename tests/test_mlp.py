@@ -36,7 +36,16 @@ class InitTest(parameterized.TestCase):
             chex.assert_type([layer["w"], layer["b"]], jnp.bfloat16)
             np.testing.assert_array_equal(layer["b"], 0)
 
-    @parameterized.parameters(("relu", 2.0), ("gelu", 2.0), ("tanh", None), ("sigmoid", None))
+    @parameterized.parameters(
+        ("relu", 2.0),
+        ("gelu", 2.0),
+        ("tanh", None),
+        ("sigmoid", None),
+        (jax.nn.relu, 2.0),
+        (jax.nn.gelu, 2.0),
+        (jnp.tanh, None),
+        (jax.nn.softplus, None),
+    )
     def test_weight_variance_suits_the_activation(self, activation, fan_in_scale):
         n_in, n_out = 400, 500
         w = jdrop.mlp_init(jax.random.key(0), (n_in, n_out), activation=activation)[0]["w"]
@@ -54,6 +63,23 @@ class InitTest(parameterized.TestCase):
         np.testing.assert_array_equal(params[1]["b"], 0.5)
         default = jdrop.mlp_init(default_key, (8, 8, 8))
         assert not np.array_equal(default[0]["w"], default[1]["w"])  # each layer its own key
+
+    def test_an_activation_by_name_or_as_its_function_gives_the_same_network(self):
+        for name, function in jdrop.ACTIVATIONS.items():
+            key = jax.random.key(0)
+            by_name = jdrop.mlp_init(key, SIZES, activation=name)
+            by_function = jdrop.mlp_init(jax.random.clone(key), SIZES, activation=function)
+            chex.assert_trees_all_equal(by_name, by_function)
+
+    def test_weights_and_biases_of_a_layer_draw_from_different_keys(self):
+        # One key for both made a normal bias equal to the first row of the
+        # weights (and the key-reuse checker raise); both are N(0, 1) here.
+        normal = jax.nn.initializers.normal(1.0)
+        params = jdrop.mlp_init(jax.random.key(0), (6, 6, 6), w_init=normal, b_init=normal)
+        for layer in params:
+            rows = np.asarray(layer["w"])
+            assert not np.any(np.all(rows == np.asarray(layer["b"]), axis=1))
+        assert not np.array_equal(params[0]["b"], params[1]["b"])
 
     @pytest.mark.filterwarnings("ignore")
     def test_errors(self):
@@ -179,7 +205,7 @@ class TestApplyErrors:
             jdrop.mlp_apply(self.params, self.x, key=jax.random.key(0), keep_probs=(0.5, 0.5))
 
     def test_input_width_names_both_widths(self):
-        with pytest.raises(ValueError, match=r"x has 11 features.*n_in=12"):
+        with pytest.raises(ValueError, match=r"x has 11 features.*the first layer takes 12"):
             jdrop.mlp_apply(self.params, jnp.ones((2, 11)), deterministic=True)
 
     def test_missing_key_when_dropout_is_active(self):

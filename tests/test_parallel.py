@@ -49,6 +49,10 @@ def test_data_parallel_training_matches_one_device(results):
     assert results["data_parallel_max_abs_difference"] <= 1e-6
 
 
+def test_typed_keys_are_sharded_and_replicated_with_their_values_and_implementation(results):
+    assert results["typed_keys"] == dict.fromkeys(results["typed_keys"], True) and len(results["typed_keys"]) == 6
+
+
 def test_uneven_batches_are_refused(results):
     assert "size 12, which 8 devices cannot split evenly" in results["uneven_batch_error"]
 
@@ -59,6 +63,11 @@ def test_helpers_on_one_device():
     x, y = jdrop.shard_batch((np.ones((4, 5)), np.arange(4)), mesh)
     assert state["w"].sharding.is_fully_replicated
     assert x.shape == (4, 5) and np.array_equal(y, np.arange(4))
+    keys = jdrop.shard_batch(jax.random.split(jax.random.key(0), 4), mesh)
+    replicated = jdrop.replicate({"key": jax.random.key(1), "raw": jax.random.PRNGKey(2)}, mesh)
+    assert jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.shape == (4,)
+    assert jax.dtypes.issubdtype(replicated["key"].dtype, jax.dtypes.prng_key)
+    assert replicated["raw"].dtype == np.uint32  # a legacy raw key stays raw
     with pytest.raises(ValueError, match="devices is empty"):
         jdrop.data_parallel_mesh([])
     with pytest.raises(ValueError, match="one axis"):

@@ -10,22 +10,16 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import jdrop
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
-# Every example compiles (a new shape, dtype or set of axes), hence no
-# deadline; the autouse fixtures of conftest.py (dtype promotion, key-reuse
-# checks) hold for every example alike. No example database: nothing is
-# written to the working tree, and a failure prints its example.
-PROPERTY_SETTINGS = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The examples' count and their derandomisation come from the hypothesis
+# profile (conftest.py): 30 fixed examples by default, about 12 s on 2 cores.
 
-# An example costs about 0.3 s of CPU time (the eager ops for a new shape and
-# two jit compilations): about 12 s for the file on 2 idle cores.
-MAX_EXAMPLES = 30
 
 SHAPES = st.lists(st.integers(0, 7), max_size=4).map(tuple)
 SEEDS = st.integers(0, 2**32 - 1)
@@ -115,7 +109,6 @@ def check_eager_dropout(key, x, keep_prob, broadcast_dims):
     return out
 
 
-@settings(PROPERTY_SETTINGS, max_examples=MAX_EXAMPLES)
 @given(
     case=shapes_and_broadcast_dims(),
     dtype=st.sampled_from(DTYPES),
@@ -123,6 +116,9 @@ def check_eager_dropout(key, x, keep_prob, broadcast_dims):
     written_keep_prob=WRITTEN_KEEP_PROBS,
     seed=SEEDS,
 )
+# Found by random search: a 0-d array with a keep probability whose reciprocal
+# is inexact once gave a kept value an ulp apart under jit and eagerly.
+@example(case=((), ()), dtype=jnp.float32, keep_prob=0.3, written_keep_prob=0.7, seed=0)
 def test_dropout_and_its_mask_follow_the_numpy_reference(case, dtype, keep_prob, written_keep_prob, seed):
     shape, broadcast_dims = case
     key, written_key = jax.random.split(jax.random.key(seed))
