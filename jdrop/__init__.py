@@ -14,7 +14,7 @@ from jdrop._variants import (
     gaussian_dropout,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 # The drop-in modules for Flax and Equinox import their host library, so they
 # load only when used: `import jdrop` stays free of flax and equinox, and

@@ -1,5 +1,6 @@
 """Tests for jdrop._generator: the documented construction, and regressions of the audited flaws."""
 
+import hashlib
 import importlib.util
 import itertools
 from pathlib import Path
@@ -161,3 +162,42 @@ def test_step_layer_and_narrow_streams_carry_the_library_values(streams):
     n = 1 << 20
     np.testing.assert_array_equal(column, np.asarray(_generator.uniform16(jax.random.fold_in(base, 0), (n, 1))).ravel())
     np.testing.assert_array_equal(flat, np.asarray(_generator.uniform16(jax.random.fold_in(base, 1), (n,))))
+
+
+# The golden stream: the masks and words that the current release draws, pinned.
+# CHANGELOG.md's stability policy promises these bits for every 0.2.x release
+# (and, from 1.0, every 1.x): a change here is a breaking change that needs a
+# new minor version and a changelog entry, never an accident. Integers and
+# booleans only, so the pins hold on every backend.
+GOLDEN_MASKS = [
+    # (seed, shape, keep_prob, sha256 of the packed mask bits, its first 16 hex digits; kept count)
+    (0, (1000,), 0.5, "49693a4f6ff4f4ed", 500),
+    (1, (7, 13, 5), 0.1, "5a918dba160dcb48", 53),
+    (2, (64, 257), 0.9, "da784eca7f335caa", 14817),
+    (3, (), 0.5, "76be8b528d0075f7", 1),
+    (4, (3, 1, 4096), 0.999, "e34b9d40f1c1c6bc", 12279),
+]
+GOLDEN_WORDS = [
+    # (seed, shape, sha256 of the little-endian uint32 words, first 16 hex digits; the first three words)
+    (0, (1000,), "318c8ea9a127c095", [3001292279, 1826837331, 4187184255]),
+    (5, (9, 33), "64d978921061859b", [349617346, 3973634157, 1434974989]),
+]
+
+
+@pytest.mark.parametrize(("seed", "shape", "keep_prob", "digest", "kept"), GOLDEN_MASKS)
+def test_golden_masks(seed, shape, keep_prob, digest, kept):
+    mask = np.asarray(jdrop.dropout_mask(jax.random.key(seed), shape, keep_prob))
+    assert int(mask.sum()) == kept
+    assert hashlib.sha256(np.packbits(mask.ravel()).tobytes()).hexdigest()[:16] == digest
+
+
+def test_golden_mask_of_a_raw_key_is_that_of_its_typed_key():
+    raw = np.asarray(jdrop.dropout_mask(jax.random.PRNGKey(0), (100,), 0.5))
+    assert hashlib.sha256(np.packbits(raw).tobytes()).hexdigest()[:16] == "4eefd86c5704d1a0"
+
+
+@pytest.mark.parametrize(("seed", "shape", "digest", "first"), GOLDEN_WORDS)
+def test_golden_words(seed, shape, digest, first):
+    words = np.asarray(_generator.bits32(jax.random.key(seed), shape))
+    assert words.ravel()[:3].tolist() == first
+    assert hashlib.sha256(words.astype("<u4").tobytes()).hexdigest()[:16] == digest
