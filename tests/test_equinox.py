@@ -138,8 +138,9 @@ def test_errors_name_the_argument():
     # Equinox raises RuntimeError for a missing key; so does the drop-in.
     with pytest.raises(RuntimeError, match=r"needs a key when dropout is active.*inference_mode"):
         jdrop.equinox.Dropout(0.5)(jnp.ones(3))
-    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
-        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.int32), key=jax.random.key(0))
+    # Integer x is promoted, as Equinox's x / q promotes it; complex x is not taken.
+    with pytest.raises(TypeError, match="x must have a floating dtype, or an integer or bool one"):
+        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.complex64), key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
@@ -261,8 +262,7 @@ def test_variants_switch_with_inference_mode():
 def test_drop_path_p_one_gives_zeros_and_row_mode_is_constant_along_non_batch_axes():
     x = jnp.ones(VARIANT_SHAPE)
     bit_identical(jdrop.equinox.DropPath(1.0)(x), jnp.zeros_like(x))  # no key needed
-    layer = jdrop.equinox.DropPath(0.5)
-    assert layer.mode == "row"
+    layer = jdrop.equinox.DropPath(0.5, mode="row")
     rows = set()
     for key in jax.random.split(jax.random.key(0), 4):
         y = layer(x, key=key)
@@ -318,8 +318,8 @@ def test_concrete_dropout_is_the_core_function_for_the_key_bit_for_bit():
     raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
     expected = jdrop.concrete_dropout(raw_key, x, layer.keep_logit, temperature=0.2, broadcast_dims=(1,))
     bit_identical(layer(x, key=raw_key), expected)
-    # keep_logit and inference are the leaves; temperature and broadcast_dims are static.
-    assert len(jax.tree_util.tree_leaves(layer)) == 2
+    # p (the initial rate), inference and keep_logit are the leaves; temperature and broadcast_dims are static.
+    assert jax.tree_util.tree_leaves(layer)[:2] == [0.2, False] and len(jax.tree_util.tree_leaves(layer)) == 3
     assert eqx.filter(layer, eqx.is_inexact_array).keep_logit is layer.keep_logit
 
 
@@ -401,9 +401,9 @@ def test_concrete_dropout_errors_name_the_argument_and_the_range():
             jdrop.equinox.ConcreteDropout(temperature=bad)
     with pytest.raises(ValueError, match="shape must have non-negative sizes"):
         jdrop.equinox.ConcreteDropout(logit_shape=(-1,))
-    with pytest.raises(TypeError, match="broadcast_dims must be a sequence of axes"):
+    with pytest.raises(TypeError, match="broadcast_dims must be a sequence of int axes"):
         jdrop.equinox.ConcreteDropout(broadcast_dims=1)
-    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+    with pytest.raises(ValueError, match="keep_logit must broadcast to the shape of x"):
         jdrop.equinox.ConcreteDropout(logit_shape=(3,))(jnp.ones((2, 4)), inference=True)
-    with pytest.raises(TypeError, match="x must have a floating dtype"):
-        jdrop.equinox.ConcreteDropout()(jnp.ones(3, jnp.int32), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="x must have a floating dtype, or an integer or bool one"):
+        jdrop.equinox.ConcreteDropout()(jnp.ones(3, jnp.complex64), key=jax.random.key(0))
