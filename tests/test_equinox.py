@@ -283,6 +283,21 @@ def test_drop_path_p_one_gives_zeros_and_row_mode_is_constant_along_non_batch_ax
     assert jax.tree_util.tree_leaves(jdrop.equinox.DropPath(0.5, mode="batch")) == [0.5, False]
 
 
+def test_drop_path_default_drops_each_examples_whole_branch_under_vmap_with_per_example_keys():
+    # The Equinox idiom: the layer sees one example's residual branch (6 tokens of 5 features), and is
+    # vmapped over the batch with one key per example; x + drop_path(branch) is the residual sum.
+    layer = jdrop.equinox.DropPath(0.5)
+    branch = jax.random.normal(jax.random.key(1), (16, 6, 5))
+    keys = jax.random.split(jax.random.key(2), 16)
+    out = np.asarray(jax.vmap(lambda branch, key: layer(branch, key=key))(branch, keys))
+    kept = [bool(np.all(o == 2 * b)) for o, b in zip(out, np.asarray(branch), strict=True)]
+    dropped = [bool(np.all(o == 0)) for o in out]
+    assert all(k != d for k, d in zip(kept, dropped, strict=True))  # each example: its whole branch, or none of it
+    assert any(kept) and any(dropped)
+    for example, key in enumerate(jax.random.clone(keys)):
+        bit_identical(out[example], jdrop.drop_path(key, branch[example], 0.5, mode="batch"))
+
+
 def test_variant_errors_name_the_argument_and_the_range():
     for name in NOISE_VARIANT_NAMES:
         for bad in (1.0, 1.5, -0.1, float("nan")):
