@@ -31,7 +31,7 @@ from jdrop._checks import KeyLike, _check_broadcast_dims, _check_floating, _chec
 from jdrop._variants import concrete_dropout
 
 _T = TypeVar("_T")
-_Inputs = TypeVar("_Inputs")
+_Inputs = TypeVar("_Inputs", bound=ArrayLike)  # returned as given when nothing is applied
 
 #: How an active drop-in applies its noise: ``(key, x, keep_prob, broadcast_dims)`` to the output.
 ApplyFn = Callable[[KeyLike, jax.Array, ArrayLike, tuple[int, ...]], jax.Array]
@@ -190,7 +190,7 @@ def _promoted(array: jax.Array) -> jax.Array:
 def _dropout_at_rate(
     key_fn: Callable[[], KeyLike],
     inputs: _Inputs,
-    rate: ArrayLike,
+    rate: float | jax.Array,
     *,
     deterministic: object,
     broadcast_dims: object,
@@ -231,15 +231,16 @@ def _dropout_at_rate(
       ValueError: if a concrete ``rate`` is out of range, or an axis is out of
         range for ``inputs``.
     """
-    array = _checked_inputs(inputs, host)  # type: ignore[arg-type]  # the host passes an array-like
+    array = _checked_inputs(inputs, host)
     axes = _host_axes(broadcast_dims)
     _check_broadcast_dims(axes, array.ndim)
-    value = _check_rate(rate, host.rate, allow_one=allow_rate_one)  # type: ignore[arg-type]
+    value = _check_rate(rate, host.rate, allow_one=allow_rate_one)
     if _host_flag(deterministic, host.switch) or value == 0.0:
         return inputs
     x = _promoted(array)
     if value == 1.0:
         return jnp.zeros_like(x)
+    # A traced rate (an array attribute or field, traced by jit) gets no gradient, as in the hosts.
     keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
     return apply(key_fn(), x, keep_prob, axes)
 
@@ -281,7 +282,7 @@ def _concrete_dropout_in_module(
       ValueError: if ``keep_logit`` does not broadcast to the inputs' shape,
         ``temperature`` is not positive and finite, or an axis is out of range.
     """
-    array = _checked_inputs(inputs, host)  # type: ignore[arg-type]  # the host passes an array-like
+    array = _checked_inputs(inputs, host)
     logit = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
     _check_floating(logit, "keep_logit")
     try:

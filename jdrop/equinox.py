@@ -63,9 +63,8 @@ def _constructor_flags(inference: object, deterministic: object) -> tuple[bool, 
     Python bools, not arrays: an array field would be traced under
     ``eqx.filter_jit``, and a traced switch cannot choose whether to draw noise.
     """
-    return _host_flag(inference, "inference"), None if deterministic is None else _host_flag(
-        deterministic, "deterministic"
-    )
+    checked_deterministic = None if deterministic is None else _host_flag(deterministic, "deterministic")
+    return _host_flag(inference, "inference"), checked_deterministic
 
 
 def _call_switch(layer: eqx.nn.Dropout, inference: object, deterministic: object) -> object:
