@@ -18,7 +18,7 @@ The counters are the entry's row and column, so masks do not depend on how
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,6 @@ from jdrop._checks import (
     _check_deterministic,
     _check_floating,
     _check_keep_prob,
-    _check_rate,
     _check_shape,
     _compute_dtype,
 )
@@ -252,44 +251,3 @@ def dropout(
         return x
     mask, effective = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), mask_shape, keep_prob)
     return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))
-
-
-def _dropout_at_rate(
-    key_fn: Callable[[], KeyLike | None],
-    x: jax.Array,
-    rate: float | jax.Array,
-    *,
-    rate_name: str,
-    deterministic: bool,
-    broadcast_dims: Sequence[int],
-    apply: Callable[[KeyLike | None, jax.Array, ArrayLike], jax.Array] | None = None,
-    allow_rate_one: bool = True,
-) -> jax.Array:
-    """Dropout (or a dropout-family function) with a drop ``rate``, as the Flax and Equinox drop-in modules need it.
-
-    The host libraries' edge cases: rate 0 (or evaluation) returns ``x`` and
-    rate 1 returns zeros, without asking for a key. Otherwise the result is
-    exactly ``apply(key_fn(), x, 1 - rate)``, by default
-    ``dropout(key_fn(), x, 1 - rate, broadcast_dims=...)``; ``key_fn`` is
-    called only then, so that a host's RNG stream advances only when noise is
-    drawn, as with the host's own Dropout. ``apply`` is how the drop-in
-    variants (Gaussian, alpha, drop-path) share this: it takes a key, ``x``
-    and the keep probability, and binds any other arguments itself. With
-    ``allow_rate_one=False`` a concrete rate must be in [0, 1) (a traced rate
-    of 1 reaches ``apply`` as keep probability 0).
-    """
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    _check_floating(x, "inputs")
-    _check_broadcast_dims(broadcast_dims, x.ndim)
-    value = _check_rate(rate, rate_name, allow_one=allow_rate_one)
-    _check_deterministic(deterministic)
-    if deterministic or value == 0.0:
-        return x
-    if value == 1.0:
-        return jnp.zeros_like(x)
-    # A traced rate (an Equinox field that is an array) gets no gradient, as in the hosts.
-    keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
-    if apply is None:
-        return dropout(key_fn(), x, keep_prob, broadcast_dims=broadcast_dims)
-    return apply(key_fn(), x, keep_prob)

@@ -11,7 +11,7 @@ through :func:`jdrop._generator.half_uniform`, not the 16 a mask compares.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -287,35 +287,6 @@ def drop_path(
     return dropout(
         key, x, keep_prob, deterministic=deterministic, broadcast_dims=tuple(range(first_shared_axis, x.ndim))
     )
-
-
-def _concrete_dropout_in_module(
-    key_fn: Callable[[], KeyLike | None],
-    x: ArrayLike,
-    keep_logit: ArrayLike,
-    *,
-    temperature: float,
-    deterministic: bool,
-    broadcast_dims: Sequence[int],
-    input_name: str = "inputs",
-) -> jax.Array:
-    """:func:`concrete_dropout` as the Flax and Equinox modules need it: every check first, then a key only if active.
-
-    ``key_fn`` is called only when ``deterministic`` is False, so that a host's
-    RNG stream advances only when noise is drawn (as with the host's Dropout),
-    and only after the arguments have been checked.
-    """
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    _check_floating(x, input_name)
-    _check_deterministic(deterministic)
-    # With deterministic=True this checks everything else and returns x without a key.
-    checked = concrete_dropout(
-        None, x, keep_logit, temperature=temperature, deterministic=True, broadcast_dims=broadcast_dims
-    )
-    if deterministic:
-        return checked
-    return concrete_dropout(key_fn(), x, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)
 
 
 def concrete_dropout(

@@ -3,22 +3,37 @@
 Change ``eqx.nn.Dropout`` to ``jdrop.equinox.Dropout`` and nothing else:
 ``p``, ``inference``, ``key=`` and ``eqx.nn.inference_mode`` work as in
 Equinox, because the class *is* an ``eqx.nn.Dropout`` whose mask comes from
-:func:`jdrop.dropout` instead of ``jax.random.bernoulli``.
+:func:`jdrop.dropout` instead of ``jax.random.bernoulli``. It takes what
+Equinox takes: ``p`` as a Python, NumPy or JAX scalar (a JAX array field is
+traced under ``eqx.filter_jit``), ``inference`` as anything Equinox reads as
+a bool (``1``, ``jnp.array(True)``), integer inputs (promoted to floating, as
+Equinox promotes them); values Equinox would misuse silently (a ``p``
+outside [0, 1], a string for ``inference``) raise.
 
-:class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath` are
-subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
-:func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
-else (``inference``, ``eqx.nn.inference_mode``, ``key=``) is inherited
-unchanged. :class:`ConcreteDropout` is :func:`jdrop.concrete_dropout` as an
-Equinox module whose keep probability is an array field, learned with the
-weights; it has an ``inference`` field, so ``eqx.nn.inference_mode`` switches
-it too. Importing this module imports Equinox; ``import jdrop`` does not.
+Every class here is an ``eqx.nn.Dropout``. :class:`GaussianDropout`,
+:class:`AlphaDropout` and :class:`DropPath` are subclasses of :class:`Dropout`
+that apply :func:`jdrop.gaussian_dropout`, :func:`jdrop.alpha_dropout` and
+:func:`jdrop.drop_path` instead; everything else (``inference``,
+``eqx.nn.inference_mode``, ``key=``) is inherited unchanged.
+:class:`ConcreteDropout` is :func:`jdrop.concrete_dropout` with its keep
+probability an array field, learned with the weights; ``eqx.nn.inference_mode``
+switches it too. The concrete dropout classes of the three hosts have one
+interface: the host's name for the initial rate (``p`` here),
+:attr:`~ConcreteDropout.keep_prob` and :meth:`~ConcreteDropout.regularizer`.
+
+An Equinox layer sees one example per call (the model is ``jax.vmap``-ped
+over the batch with one key per example), so :class:`DropPath` defaults to
+``mode="batch"``: one decision for the whole example it is given. The Flax
+DropPath layers see the batch and default to ``mode="row"``, one decision
+per example there.
+
+Importing this module imports Equinox; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import equinox as eqx
@@ -26,32 +41,40 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
-from jdrop._dropout import _dropout_at_rate, dropout
-from jdrop._variants import (
-    DROP_PATH_MODES,
+from jdrop._adapters import (
+    EQUINOX,
     _concrete_dropout_in_module,
-    alpha_dropout,
-    concrete_dropout_regularizer,
-    drop_path,
-    gaussian_dropout,
+    _dropout_at_rate,
+    _host_axes,
+    _host_flag,
+    _key_source,
+    _no_broadcast_dims,
 )
+from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
+from jdrop._dropout import dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
 
 
-def _key_source(key: jax.Array | None, missing: str) -> Callable[[], jax.Array]:
-    """The call's ``key``, asked for only when noise is drawn; Equinox's RuntimeError when it is missing."""
+def _constructor_flags(inference: object, deterministic: object) -> tuple[bool, bool | None]:
+    """The constructor's ``inference`` and deprecated ``deterministic``, checked now and made Python bools.
 
-    def draw_key() -> jax.Array:
-        if key is None:
-            raise RuntimeError(
-                f"{missing}: call it with key=jax.random.key(...) "
-                "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
-            )
-        return key
+    Python bools, not arrays: an array field would be traced under
+    ``eqx.filter_jit``, and a traced switch cannot choose whether to draw noise.
+    """
+    checked_deterministic = None if deterministic is None else _host_flag(deterministic, "deterministic")
+    return _host_flag(inference, "inference"), checked_deterministic
 
-    return draw_key
+
+def _call_switch(layer: eqx.nn.Dropout, inference: object, deterministic: object) -> object:
+    """The switch for a call, as ``eqx.nn.Dropout`` resolves it: ``deterministic`` (deprecated), then ``inference``."""
+    if deterministic is not None:
+        _host_flag(deterministic, "deterministic")  # named as given, before it stands in for inference
+        # Equinox's warning, word for word and of its category (UserWarning), for filters written against it.
+        warnings.warn("Dropout()(deterministic=...) is deprecated in favour of Dropout()(inference=...)", stacklevel=3)
+        return deterministic
+    return layer.inference if inference is None else inference
 
 
 class Dropout(eqx.nn.Dropout):
@@ -60,19 +83,25 @@ class Dropout(eqx.nn.Dropout):
     Same fields (``p``, ``inference``) and call (``key=``, ``inference=``) as
     Equinox. For a given key the result is exactly
     ``jdrop.dropout(key, x, 1 - p)``. ``p == 0`` and inference return ``x``,
-    ``p == 1`` returns zeros (with zero, not NaN, gradients); a ``p`` outside
-    [0, 1] raises ``ValueError`` when the module is built (Equinox accepts it).
-    ``p`` may also be a JAX array (a field ``eqx.tree_at`` can change under
-    ``jit``); it receives no gradient, as in Equinox.
+    ``p == 1`` returns zeros (with zero, not NaN, gradients), without needing
+    a key. ``p`` may also be a JAX array (a field ``eqx.tree_at`` can change
+    under ``jit``); it receives no gradient, as in Equinox. Integer and bool
+    ``x`` are promoted to the default floating dtype when noise is applied,
+    as Equinox's ``x / q`` promotes them.
 
     Args:
-      p: the probability of *dropping* a unit, in [0, 1] (``1 - keep_prob``).
-      inference: if True, the layer is the identity; toggle it for a whole
-        model with ``eqx.nn.inference_mode``.
+      p: the probability of *dropping* a unit, in [0, 1] (``1 - keep_prob``):
+        a Python, NumPy or JAX real scalar, not a bool.
+      inference: if true, the layer is the identity: anything Equinox reads as
+        a bool (``True``, ``1``, ``np.bool_(True)``, ``jnp.array(True)``),
+        stored as a Python bool; toggle it for a whole model with
+        ``eqx.nn.inference_mode``.
       deterministic: deprecated alternative to ``inference``, as in Equinox.
 
     Raises:
-      ValueError: if ``p`` is outside [0, 1] or NaN.
+      ValueError: if ``p`` is outside [0, 1] or NaN (Equinox accepts it).
+      TypeError: if ``p`` is not a real number, or ``inference`` or
+        ``deterministic`` is not read as a bool (a string, an array with axes).
 
     Example:
       >>> import jdrop.equinox
@@ -87,11 +116,14 @@ class Dropout(eqx.nn.Dropout):
     #: Whether ``p == 1`` (zeros) is accepted; False for noise that has no limit there.
     _allow_rate_one: ClassVar[bool] = True
 
-    def __init__(self, p: float = 0.5, inference: bool = False, *, deterministic: bool | None = None) -> None:
+    def __init__(
+        self, p: float | jax.Array = 0.5, inference: bool = False, *, deterministic: bool | None = None
+    ) -> None:
         _check_rate(p, "p", allow_one=self._allow_rate_one)
-        super().__init__(p, inference, deterministic=deterministic)
+        inference, deterministic = _constructor_flags(inference, deterministic)
+        super().__init__(p, inference, deterministic=deterministic)  # type: ignore[arg-type]  # as Equinox takes it
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         """The core function for an active call with 0 < p < 1; the subclasses change only this."""
         return dropout(key, x, keep_prob)
 
@@ -99,40 +131,38 @@ class Dropout(eqx.nn.Dropout):
         self,
         x: jax.Array,
         *,
-        key: jax.Array | None = None,
+        key: KeyLike | None = None,
         inference: bool | None = None,
         deterministic: bool | None = None,
     ) -> jax.Array:
         """Applies dropout to ``x``.
 
         Args:
-          x: a floating array of any shape.
-          key: a PRNG key; needed unless in inference mode or ``p == 0``.
-          inference: overrides ``self.inference`` if given.
+          x: an array (or array-like) of any shape: floating, or integer or
+            bool (promoted to the default floating dtype when noise is applied).
+          key: a PRNG key (typed or raw); needed unless in inference mode,
+            ``p == 0`` or ``p == 1``.
+          inference: overrides ``self.inference`` if given; anything Equinox
+            reads as a bool.
           deterministic: deprecated alternative to ``inference``, as in Equinox.
 
         Returns:
-          An array with the shape and dtype of ``x``.
+          ``x`` itself when nothing is dropped (inference, ``p == 0``),
+          otherwise an array with the shape of ``x`` and its (floating) dtype.
 
         Raises:
           RuntimeError: if ``key`` is None while dropout is active (as Equinox).
+          TypeError: if ``x`` is neither real nor bool, or ``inference`` is not
+            read as a bool (a traced one included).
         """
-        if deterministic is not None:
-            inference = deterministic
-            warnings.warn(
-                "Dropout()(deterministic=...) is deprecated in favour of Dropout()(inference=...)", stacklevel=2
-            )
-        if inference is None:
-            inference = self.inference
-
         return _dropout_at_rate(
-            _key_source(key, "jdrop.equinox.Dropout needs a key when dropout is active"),
+            _key_source(key, f"{type(self).__module__}.{type(self).__qualname__} needs a key when dropout is active"),
             x,
             self.p,
-            rate_name="p",
-            deterministic=bool(inference),
+            deterministic=_call_switch(self, inference, deterministic),
             broadcast_dims=(),
             apply=self._apply,
+            host=EQUINOX,
             allow_rate_one=self._allow_rate_one,
         )
 
@@ -148,12 +178,12 @@ class GaussianDropout(Dropout):
 
     Args:
       p: the drop rate whose variance the noise matches, in [0, 1).
-      inference: if True, the layer is the identity; toggle it for a whole
-        model with ``eqx.nn.inference_mode``.
+      inference: if true, the layer is the identity; as for :class:`Dropout`.
       deterministic: deprecated alternative to ``inference``, as in Equinox.
 
     Raises:
       ValueError: if ``p`` is outside [0, 1) or NaN (at 1 the variance is infinite).
+      TypeError: as for :class:`Dropout`.
 
     Example:
       >>> import jdrop.equinox
@@ -167,7 +197,7 @@ class GaussianDropout(Dropout):
 
     _allow_rate_one: ClassVar[bool] = False
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return gaussian_dropout(key, x, keep_prob)
 
 
@@ -181,12 +211,12 @@ class AlphaDropout(Dropout):
 
     Args:
       p: the probability of dropping a unit, in [0, 1).
-      inference: if True, the layer is the identity; toggle it for a whole
-        model with ``eqx.nn.inference_mode``.
+      inference: if true, the layer is the identity; as for :class:`Dropout`.
       deterministic: deprecated alternative to ``inference``, as in Equinox.
 
     Raises:
       ValueError: if ``p`` is outside [0, 1) or NaN (as in torch and Keras).
+      TypeError: as for :class:`Dropout`.
 
     Example:
       >>> import jdrop.equinox
@@ -199,98 +229,113 @@ class AlphaDropout(Dropout):
 
     _allow_rate_one: ClassVar[bool] = False
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return alpha_dropout(key, x, keep_prob)
 
 
 class DropPath(Dropout):
-    """Stochastic depth (timm ``DropPath``) as an ``equinox.nn.Dropout``.
+    """Stochastic depth (timm ``DropPath``) as an ``equinox.nn.Dropout``: drops one example's residual branch.
 
-    Use it on a residual branch, before the sum: ``x + drop_path(f(x), key=key)``.
-    For a given key the result is exactly ``jdrop.drop_path(key, x, 1 - p, mode=mode)``:
-    with ``mode="row"`` each index of axis 0 keeps or drops the whole branch,
-    with ``mode="batch"`` the whole array does. In the Equinox idiom of one
-    example per call (``jax.vmap`` over examples with per-example keys),
-    ``mode="batch"`` is one decision per example. Everything else is
-    :class:`Dropout`'s: ``p == 0`` and inference return ``x`` and ``p == 1``
-    returns zeros, without needing a key.
+    Use it on a residual branch, before the sum: ``x + drop_path(f(x), key=key)``,
+    in a model that is ``jax.vmap``-ped over the batch with one key per
+    example, the Equinox idiom. For a given key the result is exactly
+    ``jdrop.drop_path(key, x, 1 - p, mode=mode)``. The layer is given one
+    example, so the default, ``mode="batch"``, makes one decision for the
+    whole array: the example keeps or drops its whole branch, which is
+    stochastic depth. ``mode="row"`` makes one decision per index of axis 0,
+    for a layer that is given a batch; per example, it would decide per token
+    or per row, which is not stochastic depth. (The Flax DropPath layers see
+    the batch, so there ``"row"`` is the default and the per-example decision.)
+    Everything else is :class:`Dropout`'s: ``p == 0`` and inference return
+    ``x`` and ``p == 1`` returns zeros, without needing a key.
 
     Args:
       p: the probability of dropping the branch, in [0, 1].
-      inference: if True, the layer is the identity; toggle it for a whole
-        model with ``eqx.nn.inference_mode``.
-      mode: ``"row"`` (one decision per index of axis 0) or ``"batch"`` (one
-        for the whole array); a static field.
+      inference: if true, the layer is the identity; as for :class:`Dropout`.
+      mode: ``"batch"`` (one decision for the whole array: per example under
+        ``jax.vmap``) or ``"row"`` (one per index of axis 0); a static field.
+      broadcast_dims: must be empty (``mode`` says what is shared); accepted
+        so that every host's DropPath raises the same error for it.
       deterministic: deprecated alternative to ``inference``, as in Equinox.
 
     Raises:
       ValueError: if ``p`` is outside [0, 1] or NaN, or ``mode`` is not
         ``"row"`` or ``"batch"``.
+      TypeError: if ``broadcast_dims`` is not empty, or as for :class:`Dropout`.
 
     Example:
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.DropPath(0.5)
-      >>> y = layer(jnp.ones((8, 3)), key=jax.random.key(0))
-      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
-      True
-      >>> sorted(set(y.ravel().tolist()))
-      [0.0, 2.0]
+      >>> x = jnp.ones((8, 4, 3))  # 8 examples of 4 tokens
+      >>> keys = jax.random.split(jax.random.key(0), 8)  # one per example
+      >>> y = jax.vmap(lambda x, key: layer(x, key=key))(x, keys)
+      >>> [sorted(set(example.ravel().tolist())) for example in y]  # each example kept whole (x 2) or dropped
+      [[0.0], [0.0], [0.0], [0.0], [2.0], [0.0], [2.0], [0.0]]
     """
 
     mode: str = eqx.field(static=True)
 
     def __init__(
         self,
-        p: float = 0.5,
+        p: float | jax.Array = 0.5,
         inference: bool = False,
         *,
-        mode: str = "row",
+        mode: str = "batch",
+        broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = None,
     ) -> None:
         if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
             raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
+        _no_broadcast_dims(broadcast_dims)
         super().__init__(p, inference, deterministic=deterministic)
-        self.mode = mode
+        self.mode = str(mode)
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return drop_path(key, x, keep_prob, mode=self.mode)
 
 
-class ConcreteDropout(eqx.Module):
-    """Concrete dropout (Gal, Hron and Kendall 2017) as an Equinox module whose keep probability is learned.
+class ConcreteDropout(eqx.nn.Dropout):
+    """Concrete dropout (Gal, Hron and Kendall 2017) as an ``equinox.nn.Dropout`` whose keep probability is learned.
 
     The module form of :func:`jdrop.concrete_dropout`: the keep probability is
     ``sigmoid(keep_logit)`` for the array field ``keep_logit``, which gradients
     reach through the relaxed mask (``eqx.filter_grad`` and
     ``eqx.is_inexact_array`` partitions include it), so it is learned with the
-    weights. For a given key the result is exactly
-    ``jdrop.concrete_dropout(key, x, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)``.
-    ``inference`` is a field like ``eqx.nn.Dropout``'s, so
-    ``eqx.nn.inference_mode`` switches this layer with the model's others;
-    inference returns ``x`` and needs no key. ``temperature`` and
-    ``broadcast_dims`` are static fields.
+    weights. Train it with the data loss plus :meth:`regularizer` for the
+    layer whose weights multiply the dropped units; without that term it only
+    grows towards 1.
 
-    Train the keep probability with the data loss plus :meth:`regularizer` for
-    the layer whose weights multiply the dropped units; without that term it
-    only grows towards 1.
+    The class is an ``eqx.nn.Dropout`` (not a :class:`Dropout`: its rate is
+    not fixed), with its fields ``p``, here the initial rate, and
+    ``inference``, so ``eqx.nn.inference_mode`` switches this layer with the
+    model's others; inference returns ``x`` and needs no key. For a given key
+    the result is exactly ``jdrop.concrete_dropout(key, x, keep_logit,
+    temperature=temperature, broadcast_dims=broadcast_dims)``. ``temperature``
+    and ``broadcast_dims`` are static fields. The Flax NNX and linen classes
+    have the same interface: the initial rate under the host's name,
+    :attr:`keep_prob` and :meth:`regularizer`.
 
     Args:
       p: the *initial* probability of dropping a unit, in (0, 1); the paper
-        starts at 0.1. ``keep_logit`` starts at ``log((1 - p) / p)``.
+        starts at 0.1. ``keep_logit`` starts at ``log((1 - p) / p)``. Kept as
+        the field ``p``, Equinox's place for it, which this layer reads only
+        here: the rate it applies is ``1 - keep_prob``.
+      inference: if true, the layer is the identity; as for :class:`Dropout`.
       logit_shape: the shape of ``keep_logit``: ``()`` for one keep probability,
         ``(features,)`` for one per feature (last axis); it must broadcast to
         ``x``'s shape without changing it.
       temperature: the relaxation's temperature, > 0; lower is closer to a hard
         mask, with noisier gradients.
-      broadcast_dims: axes along which the noise is shared.
-      inference: if True, the layer is the identity; toggle it for a whole
-        model with ``eqx.nn.inference_mode``.
+      broadcast_dims: axes along which the noise is shared: any sequence of
+        integers (stored as a tuple of ints).
+      deterministic: deprecated alternative to ``inference``, as in Equinox.
 
     Raises:
       ValueError: if ``p`` is outside (0, 1) or NaN, ``temperature`` is not
         positive and finite, or ``logit_shape`` has a negative size.
-      TypeError: if ``p`` or ``temperature`` is not a real number, or
-        ``logit_shape`` or ``broadcast_dims`` is not a sequence of ints.
+      TypeError: if ``p`` or ``temperature`` is not a real number,
+        ``logit_shape`` or ``broadcast_dims`` is not a sequence of ints, or
+        ``inference`` is not read as a bool.
 
     Example:
       >>> import jdrop.equinox
@@ -306,32 +351,32 @@ class ConcreteDropout(eqx.Module):
     """
 
     keep_logit: jax.Array
-    inference: bool
     temperature: float = eqx.field(static=True)
     broadcast_dims: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
-        p: float = 0.1,
+        p: float | jax.Array = 0.1,
+        inference: bool = False,
         *,
         logit_shape: Sequence[int] = (),
         temperature: float = 0.1,
         broadcast_dims: Sequence[int] = (),
-        inference: bool = False,
+        deterministic: bool | None = None,
     ) -> None:
         logit = _initial_keep_logit(p, "p")
         shape = _check_shape(logit_shape)
         _check_positive(temperature, "temperature")
+        axes = _host_axes(broadcast_dims)  # hashable: a static field
+        inference, deterministic = _constructor_flags(inference, deterministic)
+        super().__init__(p, inference, deterministic=deterministic)  # type: ignore[arg-type]  # as Equinox takes it
         self.keep_logit = jnp.full(shape, logit, jnp.float32)
-        self.inference = inference
         self.temperature = float(temperature)
-        if isinstance(broadcast_dims, str) or not isinstance(broadcast_dims, Sequence):
-            raise TypeError(f"broadcast_dims must be a sequence of axes, got {broadcast_dims!r}.")
-        self.broadcast_dims = tuple(broadcast_dims)  # hashable: a static field
+        self.broadcast_dims = axes
 
     @property
     def keep_prob(self) -> jax.Array:
-        """The current keep probability, ``sigmoid(keep_logit)``, of ``keep_logit``'s shape."""
+        """The keep probability in use, ``sigmoid(keep_logit)``, of ``keep_logit``'s shape; learned."""
         return jax.nn.sigmoid(self.keep_logit)
 
     def regularizer(self, kernel: ArrayLike, *, num_examples: int, length_scale: float) -> jax.Array:
@@ -348,35 +393,51 @@ class ConcreteDropout(eqx.Module):
 
         Returns:
           A scalar, float32.
+
+        Raises:
+          ValueError: if ``kernel``'s shape does not fit ``keep_logit``'s,
+            ``num_examples`` is not an int >= 1, or ``length_scale`` is not
+            positive and finite.
         """
         return concrete_dropout_regularizer(
             self.keep_logit, kernel, num_examples=num_examples, length_scale=length_scale
         )
 
-    def __call__(self, x: jax.Array, *, key: jax.Array | None = None, inference: bool | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        key: KeyLike | None = None,
+        inference: bool | None = None,
+        deterministic: bool | None = None,
+    ) -> jax.Array:
         """Applies concrete dropout to ``x``.
 
         Args:
-          x: a floating array of any shape that ``keep_logit`` broadcasts to.
-          key: a PRNG key; needed unless in inference mode.
-          inference: overrides ``self.inference`` if given.
+          x: an array of any shape that ``keep_logit`` broadcasts to: floating,
+            or integer or bool (promoted to the default floating dtype when
+            noise is applied).
+          key: a PRNG key (typed or raw); needed unless in inference mode.
+          inference: overrides ``self.inference`` if given; anything Equinox
+            reads as a bool.
+          deterministic: deprecated alternative to ``inference``, as in Equinox.
 
         Returns:
-          An array with the shape and dtype of ``x``.
+          ``x`` itself in inference mode, otherwise an array with the shape of
+          ``x`` and its (floating) dtype.
 
         Raises:
           RuntimeError: if ``key`` is None while active (as Equinox's Dropout).
           ValueError: if ``keep_logit`` does not broadcast to ``x``'s shape.
+          TypeError: if ``x`` is neither real nor bool, or ``inference`` is not
+            read as a bool.
         """
-        if inference is None:
-            inference = self.inference
-
         return _concrete_dropout_in_module(
-            _key_source(key, "jdrop.equinox.ConcreteDropout needs a key when active"),
+            _key_source(key, f"{type(self).__module__}.{type(self).__qualname__} needs a key when active"),
             x,
             self.keep_logit,
             temperature=self.temperature,
-            deterministic=bool(inference),
+            deterministic=_call_switch(self, inference, deterministic),
             broadcast_dims=self.broadcast_dims,
-            input_name="x",
+            host=EQUINOX,
         )

@@ -4,15 +4,25 @@ Change ``nnx.Dropout`` to ``jdrop.nnx.Dropout`` and nothing else: the
 constructor, the call, ``model.train()``/``model.eval()``, ``nnx.view`` and the
 RNG streams work as in Flax, because the class *is* an ``nnx.Dropout`` whose
 mask comes from :func:`jdrop.dropout` instead of ``jax.random.bernoulli``.
+It takes what Flax takes: a rate as a Python, NumPy or JAX scalar,
+``deterministic`` as anything Flax reads as a bool (``1``,
+``jnp.array(True)``), axes as any sequence of integers; values Flax would
+misuse silently (a rate outside [0, 1], a string for ``deterministic``) raise.
 
-:class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath` are
-subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
+Every class here is an ``nnx.Dropout``, so ``nnx.view(model, only=nnx.Dropout,
+deterministic=...)`` switches all of them with the model's other dropout
+layers. :class:`GaussianDropout`, :class:`AlphaDropout` and :class:`DropPath`
+are subclasses of :class:`Dropout` that apply :func:`jdrop.gaussian_dropout`,
 :func:`jdrop.alpha_dropout` and :func:`jdrop.drop_path` instead; everything
 else (the switches, ``nnx.view``, the RNG stream) is inherited unchanged.
-:class:`ConcreteDropout` is :func:`jdrop.concrete_dropout` as an
-``nnx.Dropout`` whose keep probability is an ``nnx.Param``, learned with the
-weights; it switches with the model and draws its keys as :class:`Dropout`
-does. Importing this module imports Flax; ``import jdrop`` does not.
+:class:`ConcreteDropout` is :func:`jdrop.concrete_dropout` with its keep
+probability an ``nnx.Param``, learned with the weights; it switches with the
+model and draws its keys as :class:`Dropout` does. The concrete dropout
+classes of the three hosts have one interface: the host's name for the
+initial rate (``rate`` here), :attr:`~ConcreteDropout.keep_prob` and
+:meth:`~ConcreteDropout.regularizer`.
+
+Importing this module imports Flax; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
@@ -23,48 +33,69 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx import rnglib
-from flax.nnx.module import first_from
 from jax.typing import ArrayLike
 
-from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
-from jdrop._dropout import _dropout_at_rate, dropout
-from jdrop._variants import (
-    DROP_PATH_MODES,
+from jdrop._adapters import (
+    FLAX,
     _concrete_dropout_in_module,
-    alpha_dropout,
-    concrete_dropout_regularizer,
-    drop_path,
-    gaussian_dropout,
+    _dropout_at_rate,
+    _first_from,
+    _host_axes,
+    _host_flag,
+    _no_broadcast_dims,
 )
+from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
+from jdrop._dropout import dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
 
+#: What ``rngs`` may be in a call: Flax's key sources.
+CallRngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
-def _draw_key(
-    call_rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None,
-    own_rngs: rnglib.RngStream | None,
-    rng_collection: str,
-    layer: str,
-) -> jax.Array:
+
+def _layer_name(layer: nnx.Module) -> str:
+    """The name that error messages give ``layer``: Flax's class name first, as Flax's own messages have it."""
+    cls = type(layer)
+    return f"{cls.__name__} ({cls.__module__}.{cls.__qualname__})"
+
+
+def _draw_key(layer: nnx.Dropout, call_rngs: CallRngs) -> jax.Array:
     """The key for an active call, drawn as ``flax.nnx.Dropout`` draws it: one call of the stream, the call's first."""
-    source = first_from(
+    source = _first_from(
         call_rngs,
-        own_rngs,
+        layer.rngs,
         error_msg=(
-            f"`deterministic` is False, but no `rngs` argument was provided to {layer}: "
+            f"`deterministic` is False, but no `rngs` argument was provided to {_layer_name(layer)}: "
             "pass rngs=nnx.Rngs(...) to the constructor, or rngs (a key, RngStream or Rngs) to the call."
         ),
     )
-    if isinstance(source, rnglib.Rngs):
-        key: jax.Array = source[rng_collection]()
+    if isinstance(source, nnx.Rngs):
+        key: jax.Array = source[layer.rng_collection]()
         return key
-    if isinstance(source, rnglib.RngStream):
+    if isinstance(source, nnx.RngStream):
         key = source()
         return key
     if isinstance(source, jax.Array):
         return source
     raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or jax.Array key, got {type(source).__name__}.")
+
+
+def _deterministic(layer: nnx.Dropout, call_value: object) -> object:
+    """The call's ``deterministic`` if given, else the layer's (set by the constructor, ``eval()`` or ``nnx.view``)."""
+    return _first_from(
+        call_value,
+        layer.deterministic,
+        error_msg=(
+            f"No `deterministic` argument was provided to {_layer_name(layer)}: pass it to the constructor or the "
+            "call, or use model.train()/model.eval() or nnx.view(model, deterministic=...)."
+        ),
+    )
+
+
+def _constructor_flag(deterministic: object) -> bool | None:
+    """The constructor's ``deterministic``, checked now and stored as a Python bool (a static attribute)."""
+    return None if deterministic is None else _host_flag(deterministic, "deterministic")
 
 
 class Dropout(nnx.Dropout):
@@ -76,20 +107,28 @@ class Dropout(nnx.Dropout):
     and for that key returns exactly
     ``jdrop.dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
     ``rate == 0`` and evaluation return the inputs, ``rate == 1`` returns
-    zeros, as in Flax; a rate outside [0, 1] raises ``ValueError`` (Flax
-    accepts it silently).
+    zeros, without drawing a key, as in Flax. ``rate`` may be a JAX array
+    attribute, traced under ``nnx.jit`` (Flax's own Dropout fails there); it
+    gets no gradient.
 
     Args:
-      rate: the probability of *dropping* a unit, in [0, 1] (``1 - keep_prob``).
-      broadcast_dims: axes along which the mask is shared.
-      deterministic: True for evaluation; None means it must be given at call
-        time or set with ``model.eval()``/``model.train()``/``nnx.view``.
+      rate: the probability of *dropping* a unit, in [0, 1] (``1 - keep_prob``):
+        a Python, NumPy or JAX real scalar, not a bool.
+      broadcast_dims: axes along which the mask is shared: any sequence of
+        integers (stored as a tuple of ints).
+      deterministic: True for evaluation: anything Flax reads as a bool
+        (``True``, ``1``, ``np.bool_(True)``, ``jnp.array(True)``), or None to
+        give it at call time or set it with ``model.eval()``/``model.train()``/
+        ``nnx.view``.
       rng_collection: the name of the RNG stream to draw keys from.
       rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
         to pass ``rngs`` at call time.
 
     Raises:
-      ValueError: if ``rate`` is outside [0, 1] or NaN.
+      ValueError: if ``rate`` is outside [0, 1] or NaN (Flax accepts it silently).
+      TypeError: if ``rate`` is not a real number, ``broadcast_dims`` is not a
+        sequence of ints, ``deterministic`` is not read as a bool (a string,
+        an array with axes), or ``rngs`` is of another type.
 
     Example:
       >>> from flax import nnx
@@ -108,66 +147,66 @@ class Dropout(nnx.Dropout):
 
     def __init__(
         self,
-        rate: float,
+        rate: float | jax.Array,
         *,
-        broadcast_dims: tuple[int, ...] = (),
+        broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
         _check_rate(rate, "rate", allow_one=self._allow_rate_one)
         super().__init__(
-            rate,
-            broadcast_dims=broadcast_dims,
-            deterministic=deterministic,
+            rate,  # type: ignore[arg-type]  # Flax annotates a float; it takes a 0-d array as well
+            broadcast_dims=self._checked_axes(broadcast_dims),
+            deterministic=_constructor_flag(deterministic),  # type: ignore[arg-type, unused-ignore]  # flax 0.12.4 annotates bool
             rng_collection=rng_collection,
             rngs=rngs,
         )
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    @staticmethod
+    def _checked_axes(broadcast_dims: object) -> tuple[int, ...]:
+        """``broadcast_dims`` as a tuple of ints; :class:`DropPath` accepts none."""
+        return _host_axes(broadcast_dims)
+
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
-        return dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+        return dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
 
     def __call__(
         self,
         inputs: jax.Array,
         *,
         deterministic: bool | None = None,
-        rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None = None,
+        rngs: CallRngs = None,
     ) -> jax.Array:
         """Applies dropout to ``inputs``.
 
         Args:
-          inputs: a floating array of any shape.
-          deterministic: overrides the module's ``deterministic`` if given.
+          inputs: a floating array (or array-like) of any shape.
+          deterministic: overrides the module's ``deterministic`` if given;
+            anything Flax reads as a bool.
           rngs: a key, ``nnx.RngStream`` or ``nnx.Rngs`` to use instead of the
             module's own stream.
 
         Returns:
-          An array with the shape and dtype of ``inputs``.
+          ``inputs`` itself when nothing is dropped (evaluation, rate 0),
+          otherwise an array with the shape and dtype of ``inputs``.
 
         Raises:
-          ValueError: if ``deterministic`` is set nowhere, or no key source is
-            available while dropout is active.
-          TypeError: if ``rngs`` is of another type.
+          ValueError: if ``deterministic`` is set nowhere, no key source is
+            available while dropout is active, or an axis of ``broadcast_dims``
+            is out of range.
+          TypeError: if ``inputs`` is not floating, ``deterministic`` is not
+            read as a bool, or ``rngs`` is of another type.
         """
-        deterministic = first_from(
-            deterministic,
-            self.deterministic,
-            error_msg=(
-                "No `deterministic` argument was provided to Dropout (jdrop.nnx.Dropout): pass it to the constructor "
-                "or the call, or use model.train()/model.eval() or nnx.view(model, deterministic=...)."
-            ),
-        )
-
         return _dropout_at_rate(
-            lambda: _draw_key(rngs, self.rngs, self.rng_collection, "Dropout (jdrop.nnx.Dropout)"),
+            lambda: _draw_key(self, rngs),
             inputs,
             self.rate,
-            rate_name="rate",
-            deterministic=deterministic,
-            broadcast_dims=self.broadcast_dims,
+            deterministic=_deterministic(self, deterministic),
+            broadcast_dims=self._checked_axes(self.broadcast_dims),
             apply=self._apply,
+            host=FLAX,
             allow_rate_one=self._allow_rate_one,
         )
 
@@ -179,9 +218,9 @@ class GaussianDropout(Dropout):
     mean and variance of inverted dropout's factor. For the key that
     :class:`Dropout` would draw, the result is exactly
     ``jdrop.gaussian_dropout(key, inputs, 1 - rate, broadcast_dims=broadcast_dims)``.
-    Everything else is :class:`Dropout`'s: the arguments, ``model.train()``/
-    ``model.eval()``, ``nnx.view`` and the RNG stream (``rate == 0`` and
-    evaluation return the inputs without drawing a key).
+    Everything else is :class:`Dropout`'s: the arguments and the values they
+    take, ``model.train()``/``model.eval()``, ``nnx.view`` and the RNG stream
+    (``rate == 0`` and evaluation return the inputs without drawing a key).
 
     Args:
       rate: the drop rate whose variance the noise matches, in [0, 1).
@@ -193,6 +232,7 @@ class GaussianDropout(Dropout):
 
     Raises:
       ValueError: if ``rate`` is outside [0, 1) or NaN (at rate 1 the variance is infinite).
+      TypeError: as for :class:`Dropout`.
 
     Example:
       >>> from flax import nnx
@@ -208,8 +248,8 @@ class GaussianDropout(Dropout):
 
     _allow_rate_one: ClassVar[bool] = False
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
-        return gaussian_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+        return gaussian_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
 
 
 class AlphaDropout(Dropout):
@@ -232,6 +272,7 @@ class AlphaDropout(Dropout):
 
     Raises:
       ValueError: if ``rate`` is outside [0, 1) or NaN (as in torch and Keras).
+      TypeError: as for :class:`Dropout`.
 
     Example:
       >>> from flax import nnx
@@ -245,8 +286,8 @@ class AlphaDropout(Dropout):
 
     _allow_rate_one: ClassVar[bool] = False
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
-        return alpha_dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+        return alpha_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
 
 
 class DropPath(Dropout):
@@ -254,15 +295,20 @@ class DropPath(Dropout):
 
     Use it on a residual branch, before the sum: ``x + self.drop_path(f(x))``.
     For the key that :class:`Dropout` would draw, the result is exactly
-    ``jdrop.drop_path(key, inputs, 1 - rate, mode=mode)``: with
-    ``mode="row"`` each example (index of axis 0) keeps or drops the whole
-    branch, with ``mode="batch"`` the whole batch does. Everything else is
-    :class:`Dropout`'s: ``rate == 0`` and evaluation return the inputs and
-    ``rate == 1`` returns zeros, without drawing a key.
+    ``jdrop.drop_path(key, inputs, 1 - rate, mode=mode)``. A Flax layer sees
+    the whole batch, so the default, ``mode="row"``, makes one decision per
+    example (index of axis 0): each example keeps or drops the whole branch.
+    ``mode="batch"`` makes one decision for the whole batch. (The Equinox
+    DropPath, which sees one example per call, defaults to ``"batch"``, the
+    same per-example decision there.) Everything else is :class:`Dropout`'s:
+    ``rate == 0`` and evaluation return the inputs and ``rate == 1`` returns
+    zeros, without drawing a key.
 
     Args:
       rate: the probability of dropping the branch, in [0, 1].
       mode: ``"row"`` (one decision per example) or ``"batch"``.
+      broadcast_dims: must be empty (``mode`` says what is shared); accepted
+        so that every host's DropPath raises the same error for it.
       deterministic: True for evaluation; as for :class:`Dropout`.
       rng_collection: the name of the RNG stream to draw keys from.
       rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
@@ -271,6 +317,7 @@ class DropPath(Dropout):
     Raises:
       ValueError: if ``rate`` is outside [0, 1] or NaN, or ``mode`` is not
         ``"row"`` or ``"batch"``.
+      TypeError: if ``broadcast_dims`` is not empty, or as for :class:`Dropout`.
 
     Example:
       >>> from flax import nnx
@@ -285,19 +332,26 @@ class DropPath(Dropout):
 
     def __init__(
         self,
-        rate: float,
+        rate: float | jax.Array,
         *,
         mode: str = "row",
+        broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
         if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
             raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
-        super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
-        self.mode = mode
+        super().__init__(
+            rate, broadcast_dims=broadcast_dims, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs
+        )
+        self.mode = str(mode)
 
-    def _apply(self, key: KeyLike | None, x: jax.Array, keep_prob: ArrayLike) -> jax.Array:
+    @staticmethod
+    def _checked_axes(broadcast_dims: object) -> tuple[int, ...]:
+        return _no_broadcast_dims(broadcast_dims)
+
+    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return drop_path(key, x, keep_prob, mode=self.mode)
 
 
@@ -311,28 +365,31 @@ class ConcreteDropout(nnx.Dropout):
     :meth:`regularizer` for the layer whose kernel multiplies the dropped
     units; without that term the keep probability only grows towards 1.
 
-    The key is drawn exactly as :class:`Dropout` draws it (one call of the
-    ``rng_collection`` stream per active call, or the call's ``rngs``), and
-    for that key the result is exactly
-    ``jdrop.concrete_dropout(key, inputs, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)``.
-    The class is an ``nnx.Dropout``, so ``model.train()``/``model.eval()`` and
-    ``nnx.view(model, deterministic=...)``, with or without
-    ``only=nnx.Dropout``, switch it with the model's other dropout layers;
+    The class is an ``nnx.Dropout`` (not a :class:`Dropout`: its rate is not
+    fixed), constructed by ``nnx.Dropout``'s own constructor, so
+    ``model.train()``/``model.eval()`` and ``nnx.view(model, deterministic=...)``,
+    with or without ``only=nnx.Dropout``, switch it with the model's other
+    dropout layers. The key is drawn exactly as :class:`Dropout` draws it (one
+    call of the ``rng_collection`` stream per active call, or the call's
+    ``rngs``), and for that key the result is exactly
+    ``jdrop.concrete_dropout(key, inputs, keep_logit, temperature=temperature, broadcast_dims=broadcast_dims)``;
     evaluation returns the inputs without drawing a key. There is no
-    ``rate == 0`` shortcut: :attr:`rate` is ``1 - keep_prob``, read from the
-    learned parameter, and cannot be set.
+    ``rate == 0`` shortcut. The Flax linen and Equinox classes have the same
+    interface: the initial rate under the host's name, :attr:`keep_prob` and
+    :meth:`regularizer`.
 
     Args:
       rate: the *initial* probability of dropping a unit, in (0, 1); the
         paper starts at 0.1. ``keep_logit`` starts at ``log((1 - rate) / rate)``.
+        Kept as the attribute ``rate``, Flax's place for it, which this layer
+        reads only here: the rate it applies is ``1 - keep_prob``.
       logit_shape: the shape of ``keep_logit``: ``()`` for one keep probability,
         ``(features,)`` for one per feature (last axis); it must broadcast to
         the inputs' shape without changing it.
       temperature: the relaxation's temperature, > 0; lower is closer to a
         hard mask, with noisier gradients.
       broadcast_dims: axes along which the noise is shared.
-      deterministic: True for evaluation; None means it must be given at call
-        time or set with ``model.eval()``/``model.train()``/``nnx.view``.
+      deterministic: True for evaluation; as for :class:`Dropout`.
       rng_collection: the name of the RNG stream to draw keys from.
       rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None
         to pass ``rngs`` at call time.
@@ -341,7 +398,8 @@ class ConcreteDropout(nnx.Dropout):
       ValueError: if ``rate`` is outside (0, 1) or NaN, ``temperature`` is not
         positive and finite, or ``logit_shape`` has a negative size.
       TypeError: if ``rate`` or ``temperature`` is not a real number,
-        ``logit_shape`` is not a sequence of ints, or ``rngs`` is of another type.
+        ``logit_shape`` or ``broadcast_dims`` is not a sequence of ints,
+        ``deterministic`` is not read as a bool, or ``rngs`` is of another type.
 
     Example:
       >>> from flax import nnx
@@ -360,42 +418,32 @@ class ConcreteDropout(nnx.Dropout):
 
     def __init__(
         self,
-        rate: float = 0.1,
+        rate: float | jax.Array = 0.1,
         *,
         logit_shape: Sequence[int] = (),
         temperature: float = 0.1,
         broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        # nnx.Dropout.__init__ is not called: it would store a fixed ``rate``, which is learned here.
         logit = _initial_keep_logit(rate, "rate")
         shape = _check_shape(logit_shape)
         _check_positive(temperature, "temperature")
+        super().__init__(
+            rate,  # type: ignore[arg-type]  # Flax annotates a float; it takes a 0-d array as well
+            broadcast_dims=_host_axes(broadcast_dims),
+            deterministic=_constructor_flag(deterministic),  # type: ignore[arg-type, unused-ignore]  # flax 0.12.4 annotates bool
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
         self.keep_logit = nnx.Param(jnp.full(shape, logit, jnp.float32))
         self.temperature = float(temperature)  # a static attribute, not an array
-        self.broadcast_dims = broadcast_dims
-        self.deterministic = deterministic
-        self.rng_collection = rng_collection
-        if isinstance(rngs, rnglib.Rngs):
-            self.rngs = rngs[rng_collection].fork()
-        elif isinstance(rngs, rnglib.RngStream):
-            self.rngs = rngs.fork()
-        elif rngs is None:
-            self.rngs = nnx.data(None)
-        else:
-            raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or None, got {type(rngs).__name__}.")
 
     @property
     def keep_prob(self) -> jax.Array:
-        """The current keep probability, ``sigmoid(keep_logit)``, of ``keep_logit``'s shape."""
+        """The keep probability in use, ``sigmoid(keep_logit)``, of ``keep_logit``'s shape; learned."""
         return jax.nn.sigmoid(self.keep_logit[...])
-
-    @property
-    def rate(self) -> jax.Array:  # type: ignore[override]  # nnx.Dropout's is a fixed float
-        """The current drop rate, ``1 - keep_prob``; it is learned, so it cannot be set."""
-        return 1.0 - self.keep_prob
 
     def regularizer(
         self, kernel: ArrayLike | nnx.Variable[jax.Array], *, num_examples: int, length_scale: float
@@ -413,6 +461,11 @@ class ConcreteDropout(nnx.Dropout):
 
         Returns:
           A scalar, float32.
+
+        Raises:
+          ValueError: if ``kernel``'s shape does not fit ``keep_logit``'s,
+            ``num_examples`` is not an int >= 1, or ``length_scale`` is not
+            positive and finite.
         """
         if isinstance(kernel, nnx.Variable):
             kernel = kernel[...]
@@ -425,38 +478,34 @@ class ConcreteDropout(nnx.Dropout):
         inputs: jax.Array,
         *,
         deterministic: bool | None = None,
-        rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None = None,
+        rngs: CallRngs = None,
     ) -> jax.Array:
         """Applies concrete dropout to ``inputs``.
 
         Args:
           inputs: a floating array of any shape that ``keep_logit`` broadcasts to.
-          deterministic: overrides the module's ``deterministic`` if given.
+          deterministic: overrides the module's ``deterministic`` if given;
+            anything Flax reads as a bool.
           rngs: a key, ``nnx.RngStream`` or ``nnx.Rngs`` to use instead of the
             module's own stream.
 
         Returns:
-          An array with the shape and dtype of ``inputs``.
+          ``inputs`` itself in evaluation, otherwise an array with the shape
+          and dtype of ``inputs``.
 
         Raises:
           ValueError: if ``deterministic`` is set nowhere, no key source is
             available while active, or ``keep_logit`` does not broadcast to
             ``inputs``' shape.
-          TypeError: if ``rngs`` is of another type.
+          TypeError: if ``inputs`` is not floating, ``deterministic`` is not
+            read as a bool, or ``rngs`` is of another type.
         """
-        deterministic = first_from(
-            deterministic,
-            self.deterministic,
-            error_msg=(
-                "No `deterministic` argument was provided to ConcreteDropout (jdrop.nnx.ConcreteDropout): pass it to "
-                "the constructor or the call, or use model.train()/model.eval() or nnx.view(model, deterministic=...)."
-            ),
-        )
         return _concrete_dropout_in_module(
-            lambda: _draw_key(rngs, self.rngs, self.rng_collection, "ConcreteDropout (jdrop.nnx.ConcreteDropout)"),
+            lambda: _draw_key(self, rngs),
             inputs,
             self.keep_logit[...],
             temperature=self.temperature,
-            deterministic=deterministic,
+            deterministic=_deterministic(self, deterministic),
             broadcast_dims=self.broadcast_dims,
+            host=FLAX,
         )

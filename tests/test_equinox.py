@@ -11,17 +11,19 @@ import optax
 import pytest
 from dropin_helpers import (
     NOISE_VARIANT_NAMES,
-    SEEDS,
+    TRAINING_RATE,
+    TRAINING_STEPS,
+    TRAINING_WIDTH,
     VARIANT_NAMES,
     VARIANT_SHAPE,
     assert_constant_along_non_batch_axes,
-    assert_same_accuracy_within_seed_noise,
+    assert_dropout_seen_in_training,
     bit_identical,
     core,
     cross_entropy,
     noisy_blobs,
-    train_seeds,
     variant_cases,
+    zero_taps,
 )
 
 import jdrop
@@ -138,8 +140,9 @@ def test_errors_name_the_argument():
     # Equinox raises RuntimeError for a missing key; so does the drop-in.
     with pytest.raises(RuntimeError, match=r"needs a key when dropout is active.*inference_mode"):
         jdrop.equinox.Dropout(0.5)(jnp.ones(3))
-    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
-        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.int32), key=jax.random.key(0))
+    # Integer x is promoted, as Equinox's x / q promotes it; complex x is not taken.
+    with pytest.raises(TypeError, match="x must have a floating dtype, or an integer or bool one"):
+        jdrop.equinox.Dropout(0.5)(jnp.ones(3, jnp.complex64), key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
@@ -174,47 +177,53 @@ def test_filter_vmap_over_per_example_keys_under_filter_jit():
         bit_identical(out[row], jdrop.dropout(key, x[row], 0.5))
 
 
-class MLP(eqx.Module):
-    layers: list[eqx.nn.Linear]
-    dropouts: list[eqx.nn.Dropout]
+class TappedMLP(eqx.Module):
+    """An MLP for one example whose dropout layer's input and output are returned, with zero taps added."""
 
-    def __init__(self, dropout_cls, key):
-        keys = jax.random.split(key, 3)
-        self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip((20, 128, 128), (128, 128, 4), keys, strict=True)]
-        self.dropouts = [dropout_cls(0.5), dropout_cls(0.5)]
+    hidden: eqx.nn.Linear
+    dropout: jdrop.equinox.Dropout
+    out: eqx.nn.Linear
 
-    def __call__(self, x, *, key=None):
-        keys = (None, None) if key is None else jax.random.split(key)
-        for linear, dropout, k in zip(self.layers[:-1], self.dropouts, keys, strict=True):
-            x = dropout(jax.nn.relu(linear(x)), key=k)
-        return self.layers[-1](x)
+    def __init__(self, key):
+        hidden_key, out_key = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(20, TRAINING_WIDTH, key=hidden_key)
+        self.dropout = jdrop.equinox.Dropout(TRAINING_RATE)
+        self.out = eqx.nn.Linear(TRAINING_WIDTH, 4, key=out_key)
 
-
-def train_mlp(dropout_cls, train, test):
-    """Test accuracies of the Equinox MLP with ``dropout_cls``, one per seed (per-example keys, the Equinox idiom)."""
-    # jax.vmap(jax.random.key), not jnp.stack of keys: the key-reuse checker has
-    # no rule for stack, and takes the stacked keys as consumed.
-    models = eqx.filter_vmap(lambda key: MLP(dropout_cls, key))(jax.vmap(jax.random.key)(jnp.asarray(SEEDS)))
-    params, static = eqx.partition(models, eqx.is_inexact_array)
-
-    def loss_fn(params, x, y, key, keep_probs):
-        model = eqx.combine(params, static)
-        logits = jax.vmap(lambda x, k: model(x, key=k))(x, jax.random.split(key, x.shape[0]))
-        return cross_entropy(logits, y)
-
-    def predict(params, x):
-        return jax.vmap(eqx.nn.inference_mode(eqx.combine(params, static)))(x)
-
-    return train_seeds(params, loss_fn, predict, train, test)
+    def __call__(self, x, taps, *, key=None):
+        h = jax.nn.relu(self.hidden(x)) + taps["in"]
+        y = self.dropout(h, key=key) + taps["out"]
+        return self.out(y), (h, y)
 
 
 @pytest.mark.standard_promotion  # optax.adam
-def test_trains_to_the_accuracy_of_equinox_dropout():
-    train, test = noisy_blobs()
-    host = train_mlp(eqx.nn.Dropout, train, test)
-    dropin = train_mlp(jdrop.equinox.Dropout, train, test)
-    assert min(host + dropin) > 0.5  # four classes: chance is 0.25
-    assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))
+def test_inside_a_model_trained_under_vmap_the_layer_applies_jdrops_mask_for_each_examples_key():
+    (x, labels), _ = noisy_blobs()
+    model = TappedMLP(jax.random.key(0))
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+    # Equinox's training step: the model vmapped over the batch, one key per example.
+    @eqx.filter_jit
+    def make_step(model, opt_state, x, labels, taps, key):
+        def loss_fn(model_and_taps):
+            model, taps = model_and_taps
+            keys = jax.random.split(key, x.shape[0])
+            logits, seen = jax.vmap(lambda x, taps, k: model(x, taps, key=k))(x, taps, keys)
+            return cross_entropy(logits, labels), seen
+
+        (_, seen), (grads, tap_grads) = eqx.filter_value_and_grad(loss_fn, has_aux=True)((model, taps))
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, seen, tap_grads
+
+    steps = []
+    for step_key in jax.random.split(jax.random.key(1), TRAINING_STEPS):
+        example_keys = jax.random.split(jax.random.clone(step_key), x.shape[0])  # what the layer is handed
+        model, opt_state, (h, y), tap_grads = make_step(model, opt_state, x, labels, zero_taps(x.shape[0]), step_key)
+        steps.append((example_keys, h, y, tap_grads["in"], tap_grads["out"]))
+    assert_dropout_seen_in_training(steps)
+    h, y = jax.vmap(eqx.nn.inference_mode(model))(x, zero_taps(x.shape[0]))[1]  # and inference is the identity
+    bit_identical(y, h)
 
 
 # The dropout-family drop-ins: GaussianDropout, AlphaDropout and DropPath (no
@@ -261,8 +270,7 @@ def test_variants_switch_with_inference_mode():
 def test_drop_path_p_one_gives_zeros_and_row_mode_is_constant_along_non_batch_axes():
     x = jnp.ones(VARIANT_SHAPE)
     bit_identical(jdrop.equinox.DropPath(1.0)(x), jnp.zeros_like(x))  # no key needed
-    layer = jdrop.equinox.DropPath(0.5)
-    assert layer.mode == "row"
+    layer = jdrop.equinox.DropPath(0.5, mode="row")
     rows = set()
     for key in jax.random.split(jax.random.key(0), 4):
         y = layer(x, key=key)
@@ -273,6 +281,21 @@ def test_drop_path_p_one_gives_zeros_and_row_mode_is_constant_along_non_batch_ax
     assert len(np.unique(batch)) == 1
     # mode is a static field: it is no leaf, so filter_jit specialises on it.
     assert jax.tree_util.tree_leaves(jdrop.equinox.DropPath(0.5, mode="batch")) == [0.5, False]
+
+
+def test_drop_path_default_drops_each_examples_whole_branch_under_vmap_with_per_example_keys():
+    # The Equinox idiom: the layer sees one example's residual branch (6 tokens of 5 features), and is
+    # vmapped over the batch with one key per example; x + drop_path(branch) is the residual sum.
+    layer = jdrop.equinox.DropPath(0.5)
+    branch = jax.random.normal(jax.random.key(1), (16, 6, 5))
+    keys = jax.random.split(jax.random.key(2), 16)
+    out = np.asarray(jax.vmap(lambda branch, key: layer(branch, key=key))(branch, keys))
+    kept = [bool(np.all(o == 2 * b)) for o, b in zip(out, np.asarray(branch), strict=True)]
+    dropped = [bool(np.all(o == 0)) for o in out]
+    assert all(k != d for k, d in zip(kept, dropped, strict=True))  # each example: its whole branch, or none of it
+    assert any(kept) and any(dropped)
+    for example, key in enumerate(jax.random.clone(keys)):
+        bit_identical(out[example], jdrop.drop_path(key, branch[example], 0.5, mode="batch"))
 
 
 def test_variant_errors_name_the_argument_and_the_range():
@@ -318,8 +341,8 @@ def test_concrete_dropout_is_the_core_function_for_the_key_bit_for_bit():
     raw_key = jax.random.PRNGKey(5)  # legacy raw keys, as Equinox's own tests use
     expected = jdrop.concrete_dropout(raw_key, x, layer.keep_logit, temperature=0.2, broadcast_dims=(1,))
     bit_identical(layer(x, key=raw_key), expected)
-    # keep_logit and inference are the leaves; temperature and broadcast_dims are static.
-    assert len(jax.tree_util.tree_leaves(layer)) == 2
+    # p (the initial rate), inference and keep_logit are the leaves; temperature and broadcast_dims are static.
+    assert jax.tree_util.tree_leaves(layer)[:2] == [0.2, False] and len(jax.tree_util.tree_leaves(layer)) == 3
     assert eqx.filter(layer, eqx.is_inexact_array).keep_logit is layer.keep_logit
 
 
@@ -401,9 +424,9 @@ def test_concrete_dropout_errors_name_the_argument_and_the_range():
             jdrop.equinox.ConcreteDropout(temperature=bad)
     with pytest.raises(ValueError, match="shape must have non-negative sizes"):
         jdrop.equinox.ConcreteDropout(logit_shape=(-1,))
-    with pytest.raises(TypeError, match="broadcast_dims must be a sequence of axes"):
+    with pytest.raises(TypeError, match="broadcast_dims must be a sequence of int axes"):
         jdrop.equinox.ConcreteDropout(broadcast_dims=1)
-    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+    with pytest.raises(ValueError, match="keep_logit must broadcast to the shape of x"):
         jdrop.equinox.ConcreteDropout(logit_shape=(3,))(jnp.ones((2, 4)), inference=True)
-    with pytest.raises(TypeError, match="x must have a floating dtype"):
-        jdrop.equinox.ConcreteDropout()(jnp.ones(3, jnp.int32), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="x must have a floating dtype, or an integer or bool one"):
+        jdrop.equinox.ConcreteDropout()(jnp.ones(3, jnp.complex64), key=jax.random.key(0))

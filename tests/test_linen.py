@@ -13,18 +13,21 @@ import pytest
 from absl.testing import parameterized
 from dropin_helpers import (
     NOISE_VARIANT_NAMES,
-    SEEDS,
+    TRAINING_RATE,
+    TRAINING_STEPS,
+    TRAINING_WIDTH,
     VARIANT_NAMES,
     VARIANT_SHAPE,
     assert_constant_along_non_batch_axes,
-    assert_same_accuracy_within_seed_noise,
+    assert_dropout_seen_in_training,
     bit_identical,
     core,
     cross_entropy,
     noisy_blobs,
-    train_seeds,
     variant_cases,
+    zero_taps,
 )
+from flax.training import train_state
 
 import jdrop
 import jdrop.linen
@@ -177,40 +180,52 @@ def test_jit_and_lifted_vmap_with_split_rngs():
     assert set(np.unique(out).tolist()) == {0.0, 2.0}
 
 
-class MLP(nn.Module):
-    dropout_cls: type
+class TappedMLP(nn.Module):
+    """An MLP whose dropout layer's input and output are returned, with zero taps added to take their gradients."""
 
-    @nn.compact
-    def __call__(self, x, train):
-        for _ in range(2):
-            x = self.dropout_cls(0.5, deterministic=not train)(nn.relu(nn.Dense(128)(x)))
-        return nn.Dense(4)(x)
+    def setup(self):
+        self.hidden = nn.Dense(TRAINING_WIDTH)
+        self.dropout = jdrop.linen.Dropout(TRAINING_RATE)
+        self.out = nn.Dense(4)
 
-
-def train_mlp(dropout_cls, train, test):
-    """Test accuracies of the MLP with ``dropout_cls``, one per seed."""
-    model = MLP(dropout_cls)
-    params = jax.vmap(lambda seed: model.init(jax.random.key(seed), train[0][:1], train=False))(jnp.array(SEEDS))
-
-    def loss_fn(params, x, y, key, keep_probs):
-        return cross_entropy(model.apply(params, x, train=True, rngs={"dropout": key}), y)
-
-    return train_seeds(params, loss_fn, predict_fn(model), train, test)
-
-
-@functools.cache
-def predict_fn(model):
-    # One function object per model, so that jdrop.evaluate's jit cache is hit.
-    return lambda params, x: model.apply(params, x, train=False)
+    def __call__(self, x, taps, train):
+        h = nn.relu(self.hidden(x)) + taps["in"]
+        y = self.dropout(h, deterministic=not train) + taps["out"]
+        return self.out(y), (h, y)
 
 
 @pytest.mark.standard_promotion  # optax.adam
-def test_trains_to_the_accuracy_of_flax_dropout():
-    train, test = noisy_blobs()
-    host = train_mlp(nn.Dropout, train, test)
-    dropin = train_mlp(jdrop.linen.Dropout, train, test)
-    assert min(host + dropin) > 0.5  # four classes: chance is 0.25
-    assert_same_accuracy_within_seed_noise(host, dropin, len(test[1]))
+def test_inside_a_model_trained_with_a_train_state_the_layer_applies_jdrops_mask_for_make_rngs_keys():
+    (x, labels), _ = noisy_blobs()
+    model = TappedMLP()
+    taps = zero_taps(x.shape[0])
+    variables = model.init(jax.random.key(0), x, taps, train=False)
+    state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.adam(1e-3))
+
+    # Flax's training step (a dropout key folded with the step), with the taps' gradients returned as well.
+    @jax.jit
+    def train_step(state, x, labels, taps, dropout_key):
+        step_key = jax.random.fold_in(dropout_key, state.step)
+
+        def loss_fn(params, taps):
+            logits, seen = state.apply_fn({"params": params}, x, taps, train=True, rngs={"dropout": step_key})
+            return cross_entropy(logits, labels), seen
+
+        (_, seen), (grads, tap_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params, taps)
+        return state.apply_gradients(grads=grads), seen, tap_grads
+
+    def key_handed_to_the_layer(step):
+        """make_rng("dropout") in the layer's scope, for the step's key: what Flax hands it."""
+        step_key = jax.random.fold_in(jax.random.key(1), step)
+        return model.apply(variables, rngs={"dropout": step_key}, method=lambda m: m.dropout.make_rng("dropout"))
+
+    steps = []
+    for step in range(TRAINING_STEPS):
+        state, (h, y), tap_grads = train_step(state, x, labels, taps, jax.random.key(1))
+        steps.append((key_handed_to_the_layer(step), h, y, tap_grads["in"], tap_grads["out"]))
+    assert_dropout_seen_in_training(steps)
+    h, y = model.apply({"params": state.params}, x, taps, train=False)[1]  # and evaluation is the identity
+    bit_identical(y, h)
 
 
 # The dropout-family drop-ins: GaussianDropout, AlphaDropout and DropPath.
@@ -271,7 +286,7 @@ def test_variant_errors_name_the_argument_and_the_range():
     for mode in ("rows", None):
         with pytest.raises(ValueError, match=r"mode must be one of \('row', 'batch'\)"):
             jdrop.linen.DropPath(0.1, mode=mode)
-    with pytest.raises(ValueError, match="DropPath takes no broadcast_dims"):
+    with pytest.raises(TypeError, match="DropPath takes no broadcast_dims"):
         jdrop.linen.DropPath(0.1, broadcast_dims=(1,))
 
 
@@ -378,14 +393,14 @@ def test_concrete_dropout_learns_its_keep_probability_with_adam():
 
 def test_concrete_dropout_errors_name_the_argument_and_the_range():
     for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"rate_init must be in \(0, 1\)"):
+        with pytest.raises(ValueError, match=r"rate must be in \(0, 1\)"):
             jdrop.linen.ConcreteDropout(bad)
-    with pytest.raises(TypeError, match=r"rate_init must be in \(0, 1\)"):
+    with pytest.raises(TypeError, match=r"rate must be in \(0, 1\)"):
         jdrop.linen.ConcreteDropout("0.1")
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="temperature must be positive and finite"):
             jdrop.linen.ConcreteDropout(temperature=bad)
     with pytest.raises(ValueError, match="shape must have non-negative sizes"):
         jdrop.linen.ConcreteDropout(logit_shape=(-1,))
-    with pytest.raises(ValueError, match="keep_logit must broadcast to x's shape"):
+    with pytest.raises(ValueError, match="keep_logit must broadcast to the shape of inputs"):
         jdrop.linen.ConcreteDropout(logit_shape=(3,)).init(jax.random.key(0), jnp.ones((2, 4)), deterministic=True)

@@ -1,0 +1,304 @@
+"""What the drop-in modules for Flax NNX, Flax linen and Equinox share: their hosts' conventions, host-independently.
+
+:mod:`jdrop.nnx`, :mod:`jdrop.linen` and :mod:`jdrop.equinox` only read their
+host's arguments and RNG; everything else they hand to this module, which
+knows the hosts' conventions but imports neither Flax nor Equinox
+(``import jdrop`` must not load them):
+
+* the drop *rate* (``1 - keep_prob``) and its edge cases: rate 0 and
+  evaluation return the inputs, rate 1 returns zeros, and neither draws a key;
+* the switches (``deterministic``, ``inference``), read by truthiness as the
+  hosts read them, so that NumPy and JAX scalars work as Python bools do;
+* axes, as any sequence of integers, which is what the hosts index with;
+* the key, asked for only when noise is drawn and only after every argument
+  has been checked, so that a host's RNG stream advances exactly when the
+  host's own Dropout would advance it, and never for a call that fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jdrop._checks import KeyLike, _check_broadcast_dims, _check_floating, _check_positive, _check_rate
+from jdrop._variants import concrete_dropout
+
+_T = TypeVar("_T")
+_Inputs = TypeVar("_Inputs", bound=ArrayLike)  # returned as given when nothing is applied
+
+#: How an active drop-in applies its noise: ``(key, x, keep_prob, broadcast_dims)`` to the output.
+ApplyFn = Callable[[KeyLike, jax.Array, ArrayLike, tuple[int, ...]], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostConventions:
+    """The names a host gives the drop-in's arguments, and what it does with integer inputs.
+
+    Attributes:
+      rate: the name of the drop probability (``"rate"`` in Flax, ``"p"`` in Equinox).
+      switch: the name of the evaluation switch (``"deterministic"``, ``"inference"``).
+      inputs: the name of the input array (``"inputs"``, ``"x"``).
+      promotes_integers: whether integer and bool inputs are accepted and
+        promoted to the default floating dtype when noise is applied.
+        ``equinox.nn.Dropout`` computes ``x / q``, which promotes them; Flax's
+        Dropout fails on them (``lax.select`` of an int and a float array).
+    """
+
+    rate: str
+    switch: str
+    inputs: str
+    promotes_integers: bool
+
+
+FLAX = HostConventions(rate="rate", switch="deterministic", inputs="inputs", promotes_integers=False)
+EQUINOX = HostConventions(rate="p", switch="inference", inputs="x", promotes_integers=True)
+
+
+def _first_from(*values: _T | None, error_msg: str) -> _T:
+    """The first of ``values`` that is not None; Flax NNX's rule for call-time over constructor arguments.
+
+    Raises:
+      ValueError: with ``error_msg``, if all are None.
+    """
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError(error_msg)
+
+
+def _host_flag(value: object, name: str) -> bool:
+    """A host's switch (``deterministic``, ``inference``) as a Python bool, read by truthiness as the hosts read it.
+
+    Flax and Equinox test the switch with ``if``, so they take any real
+    scalar: ``True``, ``1``, ``np.bool_(True)``, ``jnp.array(True)``, a 0-d
+    integer or floating array. Those are accepted here with the same meaning.
+    Strings (``"False"`` is true), arrays with axes and other objects are
+    rejected, and so are traced values, on which the hosts fail too: whether
+    noise is drawn must be known while tracing.
+
+    Raises:
+      TypeError: if ``value`` is not a concrete real scalar.
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be concrete, got a traced value: it decides whether noise is drawn, which must be known "
+            "while tracing. Pass it as a static argument of jax.jit (or keep it a Python bool field under "
+            "eqx.filter_jit)."
+        )
+    if isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
+        return bool(value)
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim == 0:
+        dtype = value.dtype
+        if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating):
+            return bool(value)
+    raise TypeError(
+        f"{name} must be a bool, or a Python, NumPy or JAX real scalar read as one (as Flax and Equinox read it), "
+        f"got {value!r}."
+    )
+
+
+def _host_axes(axes: object, name: str = "broadcast_dims") -> tuple[int, ...]:
+    """Axes as the hosts take them, as a tuple of Python ints.
+
+    Flax indexes a list of the input's sizes with each axis, so it takes any
+    iterable of integers: a tuple or list, a ``range``, a 1-D integer array,
+    NumPy or JAX integer scalars. Their range is checked against the input's
+    rank at call time, by :func:`jdrop._checks._check_broadcast_dims`.
+
+    Raises:
+      TypeError: if ``axes`` is not an iterable of integers (bools are not axes).
+    """
+    accepted = f"{name} must be a sequence of int axes, e.g. (1,) to share the noise along axis 1"
+    if isinstance(axes, str | bytes) or not isinstance(axes, Iterable):
+        raise TypeError(f"{accepted}, got {axes!r}.")
+    try:
+        items = list(axes)
+    except TypeError as error:  # a 0-d array is Iterable but cannot be iterated
+        raise TypeError(f"{accepted}, got {axes!r}.") from error
+    checked = []
+    for axis in items:
+        if isinstance(axis, bool | np.bool_) or getattr(axis, "dtype", None) == np.bool_:
+            raise TypeError(f"{accepted}, got the bool {axis!r} in it.")
+        try:
+            checked.append(operator.index(axis))
+        except TypeError as error:
+            raise TypeError(f"{accepted}, got {axis!r} in it.") from error
+    return tuple(checked)
+
+
+def _no_broadcast_dims(broadcast_dims: object) -> tuple[int, ...]:
+    """DropPath's ``broadcast_dims``, which must be empty: its ``mode`` says what the decision is shared along.
+
+    Every host's DropPath takes the keyword, so that each raises the same
+    error for it (Flax linen's cannot refuse it: it is a field of
+    ``linen.Dropout``).
+
+    Raises:
+      TypeError: if ``broadcast_dims`` is not empty, or not a sequence of ints.
+    """
+    axes = _host_axes(broadcast_dims)
+    if axes:
+        raise TypeError(
+            "DropPath takes no broadcast_dims: its mode sets what the decision is shared along (mode='row': all axes "
+            f"but 0, mode='batch': all axes), got broadcast_dims={axes}."
+        )
+    return axes
+
+
+def _key_source(key: KeyLike | None, missing: str) -> Callable[[], KeyLike]:
+    """The call's ``key``, asked for only when noise is drawn; Equinox's RuntimeError when it is missing."""
+
+    def draw_key() -> KeyLike:
+        if key is None:
+            raise RuntimeError(
+                f"{missing}: call it with key=jax.random.key(...) "
+                "(a fresh one each call), or set inference=True (eqx.nn.inference_mode) for evaluation."
+            )
+        return key
+
+    return draw_key
+
+
+def _checked_inputs(inputs: ArrayLike, host: HostConventions) -> jax.Array:
+    """``inputs`` as an array, with a dtype that ``host``'s Dropout applies noise to; not yet promoted."""
+    array = inputs if isinstance(inputs, jax.Array) else jnp.asarray(inputs)
+    if host.promotes_integers and (array.dtype == np.bool_ or jnp.issubdtype(array.dtype, jnp.integer)):
+        return array
+    if host.promotes_integers and not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{host.inputs} must have a floating dtype, or an integer or bool one (promoted to the default floating "
+            f"dtype, as equinox.nn.Dropout promotes it), got {array.dtype}."
+        )
+    _check_floating(array, host.inputs)
+    return array
+
+
+def _promoted(array: jax.Array) -> jax.Array:
+    """A checked input as a floating array: integers and bools in the default floating dtype, as ``x / q`` gives."""
+    if jnp.issubdtype(array.dtype, jnp.floating):
+        return array
+    return array.astype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def _dropout_at_rate(
+    key_fn: Callable[[], KeyLike],
+    inputs: _Inputs,
+    rate: float | jax.Array,
+    *,
+    deterministic: object,
+    broadcast_dims: object,
+    apply: ApplyFn,
+    host: HostConventions,
+    allow_rate_one: bool = True,
+) -> _Inputs | jax.Array:
+    """A dropout-family function at a drop ``rate``, with the host libraries' edge cases.
+
+    Every argument is checked first. Then evaluation and rate 0 return
+    ``inputs`` itself and rate 1 returns zeros, as the hosts' Dropout do,
+    without asking for a key. Otherwise the result is exactly
+    ``apply(key_fn(), x, 1 - rate, axes)``, where ``x`` is ``inputs`` as a
+    floating array and ``axes`` is ``broadcast_dims`` as a tuple of ints;
+    ``key_fn`` is called only then, so that a host's RNG stream advances only
+    when noise is drawn, as with the host's own Dropout.
+
+    Args:
+      key_fn: returns the key for an active call, drawn as the host draws it.
+      inputs: what the layer was called with (array-like).
+      rate: the drop rate: concrete in [0, 1] (or [0, 1) with
+        ``allow_rate_one=False``), or a traced scalar, which gets no gradient
+        (as in the hosts) and reaches ``apply`` as ``1 - rate``.
+      deterministic: the host's switch, read by truthiness (:func:`_host_flag`).
+      broadcast_dims: axes along which the noise is shared, as the host takes them.
+      apply: the layer's core function, ``(key, x, keep_prob, axes)`` to the output.
+      host: the host's argument names and integer-input rule.
+      allow_rate_one: False for noise that has no limit at rate 1 (Gaussian, alpha).
+
+    Returns:
+      ``inputs`` itself when nothing is applied, otherwise an array of the
+      shape of ``inputs`` and its dtype (the default floating dtype for
+      integer inputs that ``host`` promotes).
+
+    Raises:
+      TypeError: if ``inputs``, ``rate``, ``deterministic`` or ``broadcast_dims``
+        has a type the host does not take.
+      ValueError: if a concrete ``rate`` is out of range, or an axis is out of
+        range for ``inputs``.
+    """
+    array = _checked_inputs(inputs, host)
+    axes = _host_axes(broadcast_dims)
+    _check_broadcast_dims(axes, array.ndim)
+    value = _check_rate(rate, host.rate, allow_one=allow_rate_one)
+    if _host_flag(deterministic, host.switch) or value == 0.0:
+        return inputs
+    x = _promoted(array)
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    # A traced rate (an array attribute or field, traced by jit) gets no gradient, as in the hosts.
+    keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
+    return apply(key_fn(), x, keep_prob, axes)
+
+
+def _concrete_dropout_in_module(
+    key_fn: Callable[[], KeyLike],
+    inputs: _Inputs,
+    keep_logit: ArrayLike,
+    *,
+    temperature: float,
+    deterministic: object,
+    broadcast_dims: object,
+    host: HostConventions,
+) -> _Inputs | jax.Array:
+    """:func:`jdrop.concrete_dropout` as the modules need it: every check first, then a key only if active.
+
+    Checks what :func:`jdrop.concrete_dropout` would check (plus the host's
+    input and switch conventions), so that a call that fails does so before
+    ``key_fn`` advances the host's RNG stream; then returns ``inputs`` itself
+    in evaluation, or calls :func:`jdrop.concrete_dropout` once with the key.
+    There is no rate-0 shortcut: the keep probability is learned.
+
+    Args:
+      key_fn: returns the key for an active call, drawn as the host draws it.
+      inputs: what the layer was called with (array-like).
+      keep_logit: the layer's learned keep logit.
+      temperature: the relaxation's temperature, > 0.
+      deterministic: the host's switch, read by truthiness (:func:`_host_flag`).
+      broadcast_dims: axes along which the noise is shared, as the host takes them.
+      host: the host's argument names and integer-input rule.
+
+    Returns:
+      ``inputs`` itself in evaluation, otherwise an array of the shape of
+      ``inputs`` and its (floating) dtype.
+
+    Raises:
+      TypeError: if ``inputs`` or ``keep_logit`` has a dtype that is not
+        accepted, or ``deterministic`` or ``broadcast_dims`` a type.
+      ValueError: if ``keep_logit`` does not broadcast to the inputs' shape,
+        ``temperature`` is not positive and finite, or an axis is out of range.
+    """
+    array = _checked_inputs(inputs, host)
+    logit = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
+    _check_floating(logit, "keep_logit")
+    try:
+        fits = jnp.broadcast_shapes(logit.shape, array.shape) == array.shape
+    except ValueError:  # the shapes do not broadcast at all
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"keep_logit must broadcast to the shape of {host.inputs}, {array.shape}, without changing it, "
+            f"got shape {logit.shape}."
+        )
+    _check_positive(temperature, "temperature")
+    if not isinstance(temperature, jax.core.Tracer):
+        temperature = float(temperature)  # an integer one, e.g. np.int64(1), would not divide a float32 array
+    axes = _host_axes(broadcast_dims)
+    _check_broadcast_dims(axes, array.ndim)
+    if _host_flag(deterministic, host.switch):
+        return inputs
+    return concrete_dropout(key_fn(), _promoted(array), logit, temperature=temperature, broadcast_dims=axes)
