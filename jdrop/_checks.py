@@ -47,7 +47,8 @@ def _real_scalar(value: ArrayLike, name: str, accepted: str) -> float | None:
         raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}.") from error
     # jnp.issubdtype knows bfloat16 and the other ml_dtypes; np.issubdtype does not.
     if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
-        raise TypeError(f"{name} must be {accepted}, got {value!r} of dtype {array.dtype}.")
+        what = f"an array of dtype {array.dtype}" if isinstance(value, np.ndarray | jax.Array) else repr(value)
+        raise TypeError(f"{name} must be {accepted}, got {what}.")
     if array.shape != ():
         raise ValueError(f"{name} must be a scalar, got an array of shape {array.shape}.")
     return float(array)
