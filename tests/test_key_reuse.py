@@ -143,3 +143,48 @@ def test_the_same_key_twice_is_caught(name):
     CASES[name](key)
     with pytest.raises(jax.errors.KeyReuseError):
         CASES[name](key)
+
+
+# The drop-in modules: every class of every host, active, on a batch, several calls.
+HOST_CLASSES = ("Dropout", "GaussianDropout", "AlphaDropout", "DropPath", "ConcreteDropout")
+
+
+def host_inputs():
+    return jax.random.normal(jax.random.key(105), (4, 6, 8))
+
+
+@pytest.mark.parametrize("name", HOST_CLASSES)
+def test_nnx_modules_draw_a_new_key_from_their_stream_every_call(name):
+    from flax import nnx
+
+    import jdrop.nnx
+
+    layer = getattr(jdrop.nnx, name)(0.5, rngs=nnx.Rngs(dropout=0))
+    outputs = [np.asarray(layer(host_inputs())) for _ in range(3)]  # the checker raises on a reused key
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
+
+
+@pytest.mark.parametrize("name", HOST_CLASSES)
+def test_linen_modules_draw_their_keys_with_make_rng(name):
+    import jdrop.linen
+
+    layer = getattr(jdrop.linen, name)(rate=0.5, deterministic=False)
+    variables = layer.init(jax.random.key(106), host_inputs())
+    keys = jax.random.split(jax.random.key(107), 3)
+    outputs = [np.asarray(layer.apply(variables, host_inputs(), rngs={"dropout": key})) for key in keys]
+    assert not np.array_equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("name", HOST_CLASSES)
+def test_equinox_modules_consume_their_key_once_and_take_one_per_example(name):
+    import jdrop.equinox
+
+    layer = getattr(jdrop.equinox, name)(0.5)
+    x = host_inputs()
+    same = jnp.broadcast_to(x[0], x.shape)  # one example four times: only the keys differ
+    per_example = jax.vmap(lambda row, key: layer(row, key=key))(same, jax.random.split(jax.random.key(108), len(x)))
+    assert len({np.asarray(row).tobytes() for row in per_example}) > 1
+    key = jax.random.key(109)
+    layer(x, key=key)
+    with pytest.raises(jax.errors.KeyReuseError):
+        layer(x, key=key)
