@@ -27,7 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jdrop._checks import KeyLike, _check_broadcast_dims, _check_floating, _check_positive, _check_rate
+from jdrop._checks import (
+    KeyLike,
+    _check_broadcast_dims,
+    _check_floating,
+    _check_keep_logit,
+    _check_positive,
+    _check_rate,
+)
 from jdrop._variants import concrete_dropout
 
 _T = TypeVar("_T")
@@ -283,17 +290,7 @@ def _concrete_dropout_in_module(
         ``temperature`` is not positive and finite, or an axis is out of range.
     """
     array = _checked_inputs(inputs, host)
-    logit = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
-    _check_floating(logit, "keep_logit")
-    try:
-        fits = jnp.broadcast_shapes(logit.shape, array.shape) == array.shape
-    except ValueError:  # the shapes do not broadcast at all
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"keep_logit must broadcast to the shape of {host.inputs}, {array.shape}, without changing it, "
-            f"got shape {logit.shape}."
-        )
+    logit = _check_keep_logit(keep_logit, fits=array.shape, inputs=host.inputs)
     _check_positive(temperature, "temperature")
     if not isinstance(temperature, jax.core.Tracer):
         temperature = float(temperature)  # an integer one, e.g. np.int64(1), would not divide a float32 array

@@ -207,7 +207,8 @@ def _check_keep_probs(
     return entries, tuple(values)
 
 
-def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
+def _check_keep_logit(keep_logit: ArrayLike, fits: tuple[int, ...] | None = None, inputs: str = "x") -> jax.Array:
+    """``keep_logit`` as a floating array; with ``fits``, it must broadcast to that shape (of ``inputs``) unchanged."""
     if isinstance(keep_logit, bool | np.bool_):
         raise TypeError(f"keep_logit must be a real number or floating array, got {keep_logit!r}.")
     if isinstance(keep_logit, numbers.Real):
@@ -215,6 +216,16 @@ def _check_keep_logit(keep_logit: ArrayLike) -> jax.Array:
     array = keep_logit if isinstance(keep_logit, jax.Array) else jnp.asarray(keep_logit)
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"keep_logit must be floating (it is learned by gradient descent), got dtype {array.dtype}.")
+    if fits is not None:
+        try:
+            unchanged = jnp.broadcast_shapes(array.shape, fits) == fits
+        except ValueError:  # the shapes do not broadcast at all
+            unchanged = False
+        if not unchanged:
+            raise ValueError(
+                f"keep_logit must broadcast to the shape of {inputs}, {fits}, without changing it, "
+                f"got shape {array.shape}."
+            )
     return array
 
 

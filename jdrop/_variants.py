@@ -352,15 +352,7 @@ def concrete_dropout(
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
     _check_floating(x)
-    logit = _check_keep_logit(keep_logit)
-    try:
-        broadcast = jnp.broadcast_shapes(logit.shape, x.shape)
-    except ValueError:
-        broadcast = None
-    if broadcast != x.shape:
-        raise ValueError(
-            f"keep_logit must broadcast to x's shape {x.shape} without changing it, got shape {logit.shape}."
-        )
+    logit = _check_keep_logit(keep_logit, fits=x.shape)
     _check_positive(temperature, "temperature")
     shape = _noise_shape(x, broadcast_dims)
     _check_deterministic(deterministic)
