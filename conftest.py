@@ -1,15 +1,14 @@
-"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, hypothesis profiles, names for the doctests."""
+"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, hypothesis profiles.
+
+The doctests get no names from here: every example imports what it uses, so it runs as printed.
+"""
 
 import os
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
-import optax
 import pytest
 from hypothesis import HealthCheck, settings
-
-import jdrop
 
 # Every test, doctest, fixture and module-level statement runs with JAX's
 # key-reuse checker: consuming a concrete key twice (eagerly, or by passing it
@@ -53,8 +52,3 @@ def _strict_dtype_promotion(request: pytest.FixtureRequest) -> Iterator[None]:
     mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
     with jax.numpy_dtype_promotion(mode):
         yield
-
-
-@pytest.fixture(autouse=True)
-def _doctest_names(doctest_namespace: dict[str, object]) -> None:
-    doctest_namespace.update(jax=jax, jnp=jnp, optax=optax, jdrop=jdrop)

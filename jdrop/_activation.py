@@ -127,6 +127,9 @@ def activation_dropout(
       TypeError: as :func:`dropout`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> z = jnp.array([[-1.0, 0.5, 2.0, 3.0]])
       >>> key = jax.random.key(0)
       >>> same_key = jax.random.clone(key)  # the same mask on purpose

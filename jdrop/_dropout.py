@@ -98,6 +98,7 @@ def effective_keep_prob(keep_prob: ArrayLike) -> jax.Array:
       TypeError: if ``keep_prob`` is not a real number.
 
     Example:
+      >>> import jdrop
       >>> float(jdrop.effective_keep_prob(0.5))
       0.5
       >>> float(jdrop.effective_keep_prob(0.8))  # 52429 / 65536
@@ -135,6 +136,8 @@ def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> ja
       TypeError: if ``key``, ``shape`` or ``keep_prob`` has the wrong type.
 
     Example:
+      >>> import jax
+      >>> import jdrop
       >>> mask = jdrop.dropout_mask(jax.random.key(0), (2, 4), 0.5)
       >>> mask.shape, mask.dtype
       ((2, 4), dtype('bool'))
@@ -239,6 +242,9 @@ def dropout(
       TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> x = jnp.ones((2, 4))
       >>> y = jdrop.dropout(jax.random.key(0), x, keep_prob=0.5)
       >>> sorted(set(y.ravel().tolist()))  # dropped: 0, kept: 1 / 0.5

@@ -174,6 +174,9 @@ def mc_predict(
         :func:`jdrop.mlp_init`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (8, 32, 3))
       >>> x = jnp.ones((5, 8))
       >>> mc = jdrop.mc_predict(params, x, key=jax.random.key(1), keep_probs=(1.0, 0.5), num_samples=64)

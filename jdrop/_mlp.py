@@ -123,6 +123,8 @@ def mlp_init(
       ValueError: if ``layer_sizes`` has fewer than two entries or a size below 1.
 
     Example:
+      >>> import jax
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (40, 128, 10))
       >>> [(layer["w"].shape, layer["b"].shape) for layer in params]
       [((40, 128), (128,)), ((128, 10), (10,))]
@@ -189,6 +191,9 @@ def mlp_apply(
       TypeError: if ``x`` is not floating.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (40, 128, 10))
       >>> x = jnp.ones((32, 40))
       >>> logits = jdrop.mlp_apply(params, x, key=jax.random.key(1), keep_probs=(0.9, 0.5))

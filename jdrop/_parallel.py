@@ -34,6 +34,8 @@ def data_parallel_mesh(devices: Sequence[jax.Device] | None = None, *, axis_name
       A ``jax.sharding.Mesh`` with the single axis ``axis_name``.
 
     Example:
+      >>> import jax
+      >>> import jdrop
       >>> mesh = jdrop.data_parallel_mesh()
       >>> mesh.axis_names, mesh.size == jax.device_count()
       (('batch',), True)
@@ -72,6 +74,8 @@ def replicate(tree: Tree, mesh: Mesh) -> Tree:
       The same tree of global, fully replicated ``jax.Array``\\ s.
 
     Example:
+      >>> import jax
+      >>> import jdrop
       >>> mesh = jdrop.data_parallel_mesh()
       >>> params = jdrop.replicate(jdrop.mlp_init(jax.random.key(0), (4, 8, 2)), mesh)
       >>> params[0]["w"].sharding.is_fully_replicated
@@ -101,6 +105,8 @@ def shard_batch(tree: Tree, mesh: Mesh, *, axis: int = 0) -> Tree:
         or the mesh has more than one axis.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> mesh = jdrop.data_parallel_mesh()
       >>> x, y = jdrop.shard_batch((jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)), mesh)
       >>> x.shape, x.sharding.spec[0]

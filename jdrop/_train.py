@@ -48,6 +48,9 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
       A :class:`TrainState`.
 
     Example:
+      >>> import jax
+      >>> import optax
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (4, 8, 3))
       >>> state = jdrop.init_train_state(params, optax.adam(1e-3))
       >>> int(state.step)
@@ -75,6 +78,8 @@ def l2_penalty(params: Params, l2: float, num_examples: int | jax.Array) -> jax.
       A scalar in the weights' precision, at least float32.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> params = [{"w": jnp.ones((2, 3)), "b": jnp.ones(3)}]
       >>> float(jdrop.l2_penalty(params, l2=0.5, num_examples=3))  # 0.5 / 6 * 6
       0.5
@@ -219,6 +224,10 @@ def make_train_step(
         the MLP) ``params`` did not come from :func:`jdrop.mlp_init`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (4, 16, 3))
       >>> optimizer = optax.sgd(0.1)
       >>> step = jdrop.make_train_step(optimizer, keep_probs=(1.0, 0.5), l2=1e-3)
@@ -350,6 +359,9 @@ def evaluate(
         unknown or given with ``apply_fn``.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (4, 16, 3))
       >>> metrics = jdrop.evaluate(params, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32))
       >>> sorted(metrics)

@@ -158,6 +158,9 @@ def gaussian_dropout(
       TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> y = jdrop.gaussian_dropout(jax.random.key(0), jnp.ones((1000,)), keep_prob=0.8)
       >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
       (True, True)
@@ -216,6 +219,8 @@ def alpha_dropout(
       TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
 
     Example:
+      >>> import jax
+      >>> import jdrop
       >>> x = jax.random.normal(jax.random.key(1), (100_000,))
       >>> y = jdrop.alpha_dropout(jax.random.key(0), x, keep_prob=0.9)
       >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
@@ -273,6 +278,9 @@ def drop_path(
       TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> y = jdrop.drop_path(jax.random.key(0), jnp.ones((4, 3)), keep_prob=0.5)
       >>> y.tolist()  # each row is kept whole (scaled by 2) or dropped whole
       [[0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
@@ -340,6 +348,9 @@ def concrete_dropout(
         a PRNG key.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> keep_logit = jnp.log(0.9 / 0.1)  # p = 0.9
       >>> x = jnp.ones((100_000,))
       >>> y = jdrop.concrete_dropout(jax.random.key(0), x, keep_logit)
@@ -421,6 +432,8 @@ def concrete_dropout_regularizer(
       TypeError: if ``keep_logit`` or ``kernel`` is not floating.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> kernel = jnp.zeros((4, 3))
       >>> r = jdrop.concrete_dropout_regularizer(0.0, kernel, num_examples=8, length_scale=1.0)
       >>> round(float(r), 4)  # -4 * log(2) / 8: zero weights, p = 1/2, maximal entropy

@@ -104,6 +104,8 @@ class Dropout(eqx.nn.Dropout):
         ``deterministic`` is not read as a bool (a string, an array with axes).
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.Dropout(0.5)
       >>> y = layer(jnp.ones((2, 4)), key=jax.random.key(0))
@@ -186,6 +188,8 @@ class GaussianDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.GaussianDropout(0.2)
       >>> y = layer(jnp.ones((1000,)), key=jax.random.key(0))
@@ -219,6 +223,7 @@ class AlphaDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.AlphaDropout(0.1)
       >>> x = jax.random.normal(jax.random.key(1), (100_000,))
@@ -264,6 +269,8 @@ class DropPath(Dropout):
       TypeError: if ``broadcast_dims`` is not empty, or as for :class:`Dropout`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.DropPath(0.5)
       >>> x = jnp.ones((8, 4, 3))  # 8 examples of 4 tokens
@@ -338,6 +345,8 @@ class ConcreteDropout(eqx.nn.Dropout):
         ``inference`` is not read as a bool.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.ConcreteDropout(0.1)
       >>> round(float(layer.keep_prob), 4)  # the initial value; learned from here on

@@ -83,6 +83,8 @@ class Dropout(linen.Dropout):
         not read as a bool (a string, an array with axes).
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.linen
       >>> layer = jdrop.linen.Dropout(rate=0.5)
       >>> x = jnp.ones((2, 4))
@@ -176,6 +178,8 @@ class GaussianDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.linen
       >>> layer = jdrop.linen.GaussianDropout(rate=0.2)
       >>> x = jnp.ones((1000,))
@@ -215,6 +219,7 @@ class AlphaDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax
       >>> import jdrop.linen
       >>> layer = jdrop.linen.AlphaDropout(rate=0.1, deterministic=False)
       >>> x = jax.random.normal(jax.random.key(1), (100_000,))
@@ -260,6 +265,8 @@ class DropPath(Dropout):
         or as for :class:`Dropout`.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.linen
       >>> layer = jdrop.linen.DropPath(rate=0.5, deterministic=False)
       >>> y = layer.apply({}, jnp.ones((8, 3)), rngs={"dropout": jax.random.key(0)})
@@ -332,6 +339,8 @@ class ConcreteDropout(linen.Dropout):
         sequence of ints, or ``deterministic`` is not read as a bool.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
       >>> import jdrop.linen
       >>> layer = jdrop.linen.ConcreteDropout(rate=0.1)
       >>> x = jnp.ones((10_000,))

@@ -131,6 +131,7 @@ class Dropout(nnx.Dropout):
         an array with axes), or ``rngs`` is of another type.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
@@ -235,6 +236,7 @@ class GaussianDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.GaussianDropout(0.2, rngs=nnx.Rngs(dropout=0))
@@ -275,6 +277,7 @@ class AlphaDropout(Dropout):
       TypeError: as for :class:`Dropout`.
 
     Example:
+      >>> import jax
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.AlphaDropout(0.1, rngs=nnx.Rngs(dropout=0))
@@ -320,6 +323,7 @@ class DropPath(Dropout):
       TypeError: if ``broadcast_dims`` is not empty, or as for :class:`Dropout`.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
@@ -402,6 +406,7 @@ class ConcreteDropout(nnx.Dropout):
         ``deterministic`` is not read as a bool, or ``rngs`` is of another type.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.ConcreteDropout(0.1, rngs=nnx.Rngs(dropout=0))
