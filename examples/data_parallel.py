@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import socket
@@ -44,17 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from mnist1d_data import batch_indices, load_mnist1d
 
 import jdrop
-
-
-def _mnist1d_example() -> Any:
-    """The MNIST-1D example module, for its data loader and batch order."""
-    spec = importlib.util.spec_from_file_location("mnist1d_example", Path(__file__).with_name("mnist1d.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -279,8 +270,7 @@ def _run(
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    example = _mnist1d_example()
-    data = example.load_mnist1d()  # every process makes the same data set
+    data = load_mnist1d()  # every process makes the same data set
     mesh = jdrop.data_parallel_mesh()
     if args.batch_size % mesh.size:
         raise ValueError(f"--batch-size {args.batch_size} is not a multiple of the {mesh.size} devices")
@@ -295,7 +285,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     # The batch order is a function of the seed and the step alone, so a
     # resumed run sees exactly the batches the interrupted one would have.
-    order = example.batch_indices(args.seed, len(data["x"]), args.batch_size, args.steps)
+    order = batch_indices(args.seed, len(data["x"]), args.batch_size, args.steps)
     checkpoints = Checkpoints(args.checkpoint_dir, _config(args, sizes)) if args.checkpoint_dir else None
     try:
         state, key_data, start_step = _run(args, data, order, mesh, train_step, state, key_data, checkpoints)

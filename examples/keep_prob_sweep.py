@@ -1,12 +1,12 @@
 """How much dropout? Test accuracy on MNIST-1D as the hidden keep probability goes from 0.3 to 1.0.
 
-Trains the MLP of ``examples/mnist1d.py`` (same data, optimiser and steps)
-once per keep probability on the hidden layers, all in one jitted program
-(``mnist1d.train``), and evaluates each network two ways: the inverted-dropout
-rule (all units, no scaling) and the Monte Carlo average of dropout networks.
-Then, instead of the grid, one run of concrete dropout (Gal, Hron and Kendall
-2017) learns each hidden layer's keep probability with the weights.
-Writes ``<out>/sweep.json`` and ``<out>/sweep.png``.
+Trains the MLP of ``examples/mnist1d_study.py`` (the same data, initial
+weights, batches, optimiser and steps) once per keep probability of the hidden
+layers, with ``jdrop.make_train_step``, and scores each network two ways:
+weight scaling (all units, no rescaling) and the Monte Carlo average of
+dropout networks. Then, instead of the grid, one run of concrete dropout (Gal,
+Hron and Kendall 2017) learns each hidden layer's keep probability with the
+weights. Writes ``<out>/sweep.json`` and ``<out>/sweep.png``.
 
 Run ``python examples/keep_prob_sweep.py`` (needs ``pip install -e ".[examples]"``).
 """
@@ -14,8 +14,8 @@ Run ``python examples/keep_prob_sweep.py`` (needs ``pip install -e ".[examples]"
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from matplotlib.figure import Figure
+from mnist1d_data import batch_indices, load_mnist1d
 
 import jdrop
 
-
-def _mnist1d_example() -> Any:
-    spec = importlib.util.spec_from_file_location("mnist1d_example", Path(__file__).with_name("mnist1d.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+HIDDEN, BATCH_SIZE, LEARNING_RATE = (512, 512), 100, 1e-3  # as in mnist1d_study.py
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,6 +58,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fit(
+    train_step: Any, state: jdrop.TrainState, key: jax.Array, data: dict[str, np.ndarray], seed: int, steps: int
+) -> tuple[jdrop.TrainState, dict[str, jax.Array]]:
+    """``steps`` steps of ``train_step`` on seed ``seed``'s batches, in one jitted ``lax.scan``; all steps' metrics."""
+
+    @jax.jit  # the data are arguments, not closures: jit would copy closed-over arrays into the program
+    def run(state: jdrop.TrainState, key: jax.Array, indices: jax.Array, x: jax.Array, y: jax.Array) -> Any:
+        return jax.lax.scan(lambda state, batch: train_step(state, x[batch], y[batch], key=key), state, indices)
+
+    indices = jnp.asarray(batch_indices(seed, len(data["x"]), BATCH_SIZE, steps))
+    return run(state, key, indices, jnp.asarray(data["x"]), jnp.asarray(data["y"]))
+
+
+def scores(
+    params: jdrop.Params, keep_probs: Sequence[float], data: dict[str, np.ndarray], samples: int, key: jax.Array
+) -> dict[str, float]:
+    """Train accuracy; test accuracy and NLL by weight scaling and by the MC average of ``samples`` networks."""
+    x, y = jnp.asarray(data["x_test"]), data["y_test"]
+    test = jdrop.evaluate(params, x, y)
+    probs = np.asarray(jdrop.mc_predict(params, x, key=key, num_samples=samples, keep_probs=keep_probs).mean_probs)
+    return {
+        "train_acc": float(jdrop.evaluate(params, data["x"], data["y"])["accuracy"]),
+        "test_acc": float(test["accuracy"]),
+        "mc_test_acc": float(np.mean(probs.argmax(axis=1) == y)),
+        "nll": float(test["cross_entropy"]),
+        "mc_nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], 1e-30)))),
+    }
+
+
 def concrete_mlp_apply(params: dict[str, Any], x: jax.Array, key: jax.Array | None, temperature: float) -> jax.Array:
     """The MLP with concrete dropout on the inputs of every layer after the first (the hidden units)."""
     layers, keep_logits = params["mlp"], params["keep_logits"]
@@ -76,9 +101,7 @@ def concrete_mlp_apply(params: dict[str, Any], x: jax.Array, key: jax.Array | No
     return h
 
 
-def train_concrete(
-    data: dict[str, np.ndarray], train_args: argparse.Namespace, length_scale: float, seed: int = 0
-) -> dict[str, Any]:
+def train_concrete(data: dict[str, np.ndarray], steps: int, length_scale: float, seed: int = 0) -> dict[str, Any]:
     """One network whose hidden keep probabilities are learned: concrete dropout and its regulariser.
 
     The loss is the batch's mean cross-entropy plus, for each hidden layer,
@@ -89,7 +112,6 @@ def train_concrete(
     start at keep 0.9, as in the paper.
     """
     num_examples, temperature = len(data["x"]), 0.1
-    sizes = (data["x"].shape[1], *train_args.hidden, 10)
 
     def loss_fn(params: dict[str, Any], x: jax.Array, y: jax.Array, key: jax.Array, keep_probs: Any) -> Any:
         logits = concrete_mlp_apply(params, x, key, temperature)
@@ -104,125 +126,75 @@ def train_concrete(
         return cross_entropy + penalty, {"learned_keep_probs": jax.nn.sigmoid(params["keep_logits"])}
 
     optimizer = optax.multi_transform(
-        {"weights": optax.adam(train_args.lr), "keep": optax.adam(10 * train_args.lr)},
+        {"weights": optax.adam(LEARNING_RATE), "keep": optax.adam(10 * LEARNING_RATE)},
         {"mlp": "weights", "keep_logits": "keep"},
     )
-    step = jdrop.make_train_step(optimizer, loss_fn=loss_fn)
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     params = {
-        "mlp": jdrop.mlp_init(init_key, sizes),
-        "keep_logits": jnp.full((len(sizes) - 2,), np.log(0.9 / 0.1), jnp.float32),
+        "mlp": jdrop.mlp_init(init_key, (data["x"].shape[1], *HIDDEN, 10)),
+        "keep_logits": jnp.full((len(HIDDEN),), np.log(0.9 / 0.1), jnp.float32),
     }
-    example = _mnist1d_example()
-    indices = jnp.asarray(example.batch_indices(seed, num_examples, train_args.batch_size, train_args.steps))
-    x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
-
-    @jax.jit
-    def run(state: jdrop.TrainState, indices: jax.Array) -> tuple[jdrop.TrainState, jax.Array]:
-        def body(state: jdrop.TrainState, batch: jax.Array) -> tuple[jdrop.TrainState, jax.Array]:
-            state, metrics = step(state, x[batch], y[batch], key=dropout_key)
-            return state, metrics["learned_keep_probs"]
-
-        return jax.lax.scan(body, state, indices)
-
-    state, keep_curve = run(jdrop.init_train_state(params, optimizer), indices)
-    mlp = state.params["mlp"]
+    train_step = jdrop.make_train_step(optimizer, loss_fn=loss_fn)
+    state, metrics = fit(train_step, jdrop.init_train_state(params, optimizer), dropout_key, data, seed, steps)
     learned = [float(k) for k in jax.nn.sigmoid(state.params["keep_logits"])]
-    return {
-        "params": mlp,
-        "keep_probs": [train_args.keep_prob_input, *learned],
-        "train_acc": float(jdrop.evaluate(mlp, x, y)["accuracy"]),
-        "test_acc": float(jdrop.evaluate(mlp, jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"]))["accuracy"]),
-        "keep_curve": np.asarray(keep_curve)[:: max(1, train_args.steps // 100)].tolist(),
-    }
+    keep_curve = np.asarray(metrics["learned_keep_probs"])[:: max(1, steps // 100)]
+    return {"params": state.params["mlp"], "keep_probs": [1.0, *learned], "keep_curve": keep_curve.tolist()}
 
 
 def plot(rows: Sequence[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keep = sorted({row["keep_prob"] for row in rows})
 
     def mean(field: str) -> list[float]:
         return [float(np.mean([r[field] for r in rows if r["keep_prob"] == k])) for k in keep]
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2), layout="tight")
+    ax = fig.subplots()
     ax.plot(keep, mean("train_acc"), "o-", color="tab:gray", label="train (all units)")
     ax.plot(keep, mean("test_acc"), "o-", color="tab:red", label="test, weight scaling")
     ax.plot(keep, mean("mc_test_acc"), "x--", color="tab:purple", label="test, MC dropout average")
-    ax.set_xlabel("keep probability of the hidden units (1.0 = no dropout)")
-    ax.set_ylabel("accuracy")
+    ax.set(xlabel="keep probability of the hidden units (1.0 = no dropout)", ylabel="accuracy")
     ax.set_title("MNIST-1D, MLP 40-512-512-10")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     """Runs the grid (and the concrete-dropout run); returns the grid's rows."""
     args = parse_args(argv)
-    example = _mnist1d_example()
-    example.use_every_core()
-    data = example.load_mnist1d()
-    train_args = example.parse_args(["--steps", str(args.steps), "--eval-every", str(min(args.steps, 1000))])
-    grid = [(keep_prob, seed) for keep_prob in args.keep_probs for seed in range(args.seeds)]
-    keep_input, num_hidden = train_args.keep_prob_input, len(train_args.hidden)
-    networks = [
-        example.Network(f"keep {keep_prob:g}", seed, (keep_input,) + (keep_prob,) * num_hidden, 0.0)
-        for keep_prob, seed in grid
-    ]
-    # One jitted program, compiled once, trains them all: the keep probabilities are traced values.
-    results = example.train(networks, data, train_args)
+    data = load_mnist1d()
+    optimizer = optax.adam(LEARNING_RATE)
     rows = []
-    for (keep_prob, seed), result in zip(grid, results, strict=True):
-        report = example.evaluate_uncertainty(
-            result["params"], result["keep_probs"], data, args.mc_samples, jax.random.key(1000 + seed)
-        )
-        mc = report[f"MC dropout, {args.mc_samples} samples"]
-        rows.append(
-            {
-                "keep_prob": keep_prob,
-                "seed": seed,
-                "train_acc": result["train_acc"],
-                "test_acc": result["test_acc"],
-                "mc_test_acc": mc["test_acc"],
-                "nll": report["weight scaling"]["nll"],
-                "mc_nll": mc["nll"],
-            }
-        )
+    for keep_prob in args.keep_probs:
+        keep_probs = (1.0, *[keep_prob] * len(HIDDEN))  # no dropout on the input signal
+        train_step = jdrop.make_train_step(optimizer, keep_probs=keep_probs)
+        for seed in range(args.seeds):
+            start = time.perf_counter()
+            init_key, dropout_key = jax.random.split(jax.random.key(seed))  # as in mnist1d_study.py
+            state = jdrop.init_train_state(jdrop.mlp_init(init_key, (data["x"].shape[1], *HIDDEN, 10)), optimizer)
+            state, _ = fit(train_step, state, dropout_key, data, seed, args.steps)
+            row = scores(state.params, keep_probs, data, args.mc_samples, jax.random.key(1000 + seed))
+            rows.append({"keep_prob": keep_prob, "seed": seed, **row})
+            seconds = time.perf_counter() - start
+            print(f"keep {keep_prob:g}, seed {seed}: test accuracy {row['test_acc']:.3f} ({seconds:.0f} s)", flush=True)
     concrete = None
     if args.concrete:
-        result = train_concrete(data, train_args, args.concrete_length_scale)
-        report = example.evaluate_uncertainty(
-            result["params"], result["keep_probs"], data, args.mc_samples, jax.random.key(2000)
-        )
-        mc = report[f"MC dropout, {args.mc_samples} samples"]
-        concrete = {
-            "learned_keep_probs": result["keep_probs"][1:],
-            "train_acc": result["train_acc"],
-            "test_acc": result["test_acc"],
-            "mc_test_acc": mc["test_acc"],
-            "nll": report["weight scaling"]["nll"],
-            "mc_nll": mc["nll"],
-            "keep_curve": result["keep_curve"],
-        }
+        result = train_concrete(data, args.steps, args.concrete_length_scale)
+        learned = result["keep_probs"][1:]
+        scored = scores(result["params"], result["keep_probs"], data, args.mc_samples, jax.random.key(2000))
+        concrete = {"learned_keep_probs": learned, **scored, "keep_curve": result["keep_curve"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps({"grid": rows, "concrete": concrete}, indent=1))
     plot(rows, args.out / "sweep.png")
+    fields = ("train_acc", "test_acc", "mc_test_acc", "nll", "mc_nll")
     print("\n| hidden keep prob | train acc | test acc (weight scaling) | test acc (MC) | NLL | NLL (MC) |")
     print("|---|---|---|---|---|---|")
     for keep_prob in args.keep_probs:
         group = [r for r in rows if r["keep_prob"] == keep_prob]
-        cells = [np.mean([r[f] for r in group]) for f in ("train_acc", "test_acc", "mc_test_acc", "nll", "mc_nll")]
-        print(f"| {keep_prob:.1f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        print(f"| {keep_prob:.1f} | " + " | ".join(f"{np.mean([r[f] for r in group]):.3f}" for f in fields) + " |")
     if concrete is not None:
-        learned = ", ".join(f"{k:.2f}" for k in concrete["learned_keep_probs"])
-        cells = [concrete[f] for f in ("train_acc", "test_acc", "mc_test_acc", "nll", "mc_nll")]
-        print(f"| concrete, learned: {learned} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        learned = " and ".join(f"{k:.2f}" for k in concrete["learned_keep_probs"])
+        print(f"| concrete, learned {learned} | " + " | ".join(f"{concrete[f]:.3f}" for f in fields) + " |")
     print(f"\nwrote {args.out / 'sweep.json'} and {args.out / 'sweep.png'}")
     return rows
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,30 +51,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from mnist1d_data import batch_indices, load_mnist1d
 from tqdm import tqdm
 
 import jdrop
 import jdrop.nnx
 
-# Run as a script, this file's folder comes first on sys.path, and its
-# mnist1d.py (the MLP example) would shadow the mnist1d package that makes the data.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 CONFIGS = ("none", "dropout")
-
-
-def load_mnist1d() -> dict[str, np.ndarray]:
-    """Generates MNIST-1D with the package's default arguments (no download)."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    data = make_dataset(get_dataset_args())
-    return {
-        "x": data["x"].astype(np.float32),
-        "y": data["y"].astype(np.int32),
-        "x_test": data["x_test"].astype(np.float32),
-        "y_test": data["y_test"].astype(np.int32),
-    }
 
 
 class CNN(nnx.Module):
@@ -126,15 +108,6 @@ class CNN(nnx.Module):
         h = self.dropout(h.reshape(h.shape[0], -1), rngs=rngs)
         logits: jax.Array = self.classifier(h)
         return logits
-
-
-def batch_indices(seed: int, num_examples: int, batch_size: int, steps: int) -> np.ndarray:
-    """``(steps, batch_size)`` example indices: a fresh shuffle every epoch."""
-    rng = np.random.default_rng(seed)
-    per_epoch = num_examples // batch_size
-    epochs = -(-steps // per_epoch)
-    order = np.concatenate([rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(epochs)])
-    return order[: steps * batch_size].reshape(steps, batch_size)
 
 
 def train_config(config: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> list[dict[str, object]]:
