@@ -1,0 +1,106 @@
+"""Sphinx configuration for jdrop's documentation.
+
+Build: ``pip install -e ".[docs]" && sphinx-build -W --keep-going -b html docs docs/_build/html``.
+The build needs no network: there is no intersphinx, and every page is local.
+"""
+
+import sphinx.util.inspect
+
+import jdrop
+
+project = "jdrop"
+author = "the jdrop authors"
+copyright = "the jdrop authors, Apache-2.0"
+version = release = jdrop.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "myst_parser",
+]
+
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+
+# MyST: $...$ and $$...$$ math, ::: fences for directives, anchors for headings.
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+
+# jdrop's docstrings are Google style.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+autodoc_member_order = "bysource"
+# Signatures as one calls them, ``dropout(key, x, keep_prob, *, deterministic=False, ...)``; the
+# types go beside the documented arguments.
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+# Name the aliases rather than spelling out their unions.
+autodoc_type_aliases = {
+    "ArrayLike": "jax.typing.ArrayLike",
+    "DTypeLike": "jax.typing.DTypeLike",
+}
+# Sphinx prints an alias inside a union (``ArrayLike | None``) by the repr of its placeholder,
+# ``TypeAliasForwardRef('jax.typing.ArrayLike')``; make that repr the alias's name.
+sphinx.util.inspect.TypeAliasForwardRef.__repr__ = lambda self: self.name
+# Defaults as written in the source (``jnp.float32``, not ``<class 'jax.numpy.float32'>``).
+autodoc_preserve_defaults = True
+
+html_theme = "sphinx_book_theme"
+html_static_path = ["_static"]
+html_css_files = ["jdrop.css"]
+html_title = f"jdrop {release}"
+html_theme_options = {
+    "show_toc_level": 2,
+    "home_page_in_toc": True,
+    # The sidebar has the search field; no second one in a header bar above it.
+    "navbar_persistent": [],
+}
+
+
+def _module_comment(name: str) -> list[str] | None:
+    """The ``#:`` comment above ``name`` in the jdrop module that defines it.
+
+    ``jdrop.KEEP_PROB_BITS`` and the other public constants are documented where they are
+    defined (``jdrop/_dropout.py``...) and re-exported by ``jdrop``; autodoc looks for the
+    comment only in ``jdrop/__init__.py`` and would otherwise show the docstring of the value's
+    type (``int``, ``list``).
+    """
+    import pkgutil
+
+    from sphinx.pycode import ModuleAnalyzer
+
+    for info in pkgutil.iter_modules(jdrop.__path__, "jdrop."):
+        analyzer = ModuleAnalyzer.for_module(info.name)
+        analyzer.analyze()
+        if ("", name) in analyzer.attr_docs:
+            return list(analyzer.attr_docs["", name])
+    return None
+
+
+def _data_docstring(app, what, name, obj, options, lines):
+    if what == "data" and name.startswith("jdrop."):
+        comment = _module_comment(name.rsplit(".", 1)[1])
+        if comment is not None:
+            lines[:] = comment
+        elif lines and "\n".join(lines).strip() == (type(obj).__doc__ or "").strip():
+            lines[:] = []
+
+
+def _class_signature(app, what, name, obj, options, signature, return_annotation):
+    """Flax NNX classes have a metaclass ``__call__(*args, **kwargs)``; show ``__init__``'s arguments."""
+    import inspect
+
+    if what == "class" and signature == "(*args, **kwargs)":
+        params = list(inspect.signature(obj.__init__).parameters.values())[1:]
+        params = [p.replace(annotation=inspect.Parameter.empty) for p in params]
+        return str(inspect.Signature(params)), None
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _data_docstring)
+    app.connect("autodoc-process-signature", _class_signature)
