@@ -24,7 +24,7 @@ Everything is elementwise in the position: a mask does not depend on how its
 array is laid out or sharded, and a device holding a shard computes only that
 shard's values. :func:`hash32` and :func:`hash16` are the same functions on
 explicit counters, for the raw streams that ``benchmarks/rng_streams.py``
-feeds to PractRand.
+feeds to PractRand (``docs/randomness.md`` has the audit).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-#: Rounds after the row and column hashes meet. The README's PractRand table
+#: Rounds after the row and column hashes meet. The PractRand table of the docs
 #: shows that the construction with one round fewer still passes 32 GB (the
 #: longest test run) on its hardest stream: a margin of at least one round.
 ROUNDS = 3
