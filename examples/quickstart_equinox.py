@@ -7,7 +7,7 @@ examples with one key each, ``eqx.nn.inference_mode`` for evaluation) except
 one line: the dropout layer is ``jdrop.equinox.Dropout`` instead of
 ``eqx.nn.Dropout``.
 
-Run ``python examples/quickstart_equinox.py`` (needs ``pip install -e ".[examples,equinox]"``);
+Run ``python examples/quickstart_equinox.py`` (needs ``pip install -e ".[examples]"``);
 set ``QUICKSTART_EPOCHS`` to train for fewer epochs than 50.
 """
 
