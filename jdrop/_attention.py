@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -521,7 +521,7 @@ def dot_product_attention(
         mask_columns=mask_shape[-1] != 1,
     )
     # Each batch element's first mask row: its row-major index over the mask's batch axes, times N' T'.
-    flat_batch = np.zeros(1, np.int64)  # no batch axes: one element, row 0
+    flat_batch: np.ndarray[Any, Any] = np.zeros(1, np.int64)  # no batch axes: one element, row 0
     if batch:
         index = np.indices(batch).reshape(len(batch), -1)
         index[[axis for axis in range(len(batch)) if axis in shared]] = 0  # a shared axis counts as size 1
