@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -521,11 +521,11 @@ def dot_product_attention(
         mask_columns=mask_shape[-1] != 1,
     )
     # Each batch element's first mask row: its row-major index over the mask's batch axes, times N' T'.
-    flat_batch: np.ndarray[Any, Any] = np.zeros(1, np.int64)  # no batch axes: one element, row 0
+    flat_batch = np.zeros(1, np.int64)  # no batch axes: one element, row 0
     if batch:
         index = np.indices(batch).reshape(len(batch), -1)
         index[[axis for axis in range(len(batch)) if axis in shared]] = 0  # a shared axis counts as size 1
-        flat_batch = np.ravel_multi_index(tuple(index), mask_shape[: len(batch)])
+        flat_batch = np.asarray(np.ravel_multi_index(tuple(index), mask_shape[: len(batch)]))
     row0 = jnp.asarray((flat_batch * (cfg.mask_heads * cfg.mask_queries)).astype(np.uint32))
     flat_bias, bias_axis = _flatten_batch(pad_keys(bias, -1), batch)
     flat_mask, mask_axis = _flatten_batch(pad_keys(mask, -1), batch)
