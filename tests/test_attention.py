@@ -1,5 +1,6 @@
 """Tests for jdrop._attention: the materialised formula, jax.nn, blocks, gradients, memory, transformations, errors."""
 
+import functools
 import math
 
 import chex
@@ -23,6 +24,7 @@ def inputs(batch, t, s, n, k, h, dtype=jnp.float32, seed=0):
     return q, key, value
 
 
+@functools.partial(jax.jit, static_argnames=("keep_prob", "broadcast_dims", "is_causal"))
 def materialised(q, k, v, bias=None, mask=None, *, dropout_key=None, keep_prob=1.0, broadcast_dims=(), is_causal=False):
     """The documented formula, on the full (..., N, T, S) weights, in float32: the reference.
 
@@ -68,20 +70,13 @@ def padding_mask(batch, s, lengths):
 
 CASES = {
     # name: (batch, T, S, N, K, H, bias shape or None, mask kind, is_causal, broadcast_dims, block_size)
-    "square": ((2,), 16, 16, 2, 2, 8, None, None, False, (), 8),
     "t_ne_s_ragged": ((2,), 13, 37, 2, 2, 8, None, None, False, (), 8),
-    "bias_full": ((2,), 11, 19, 2, 2, 4, (2, 2, 11, 19), None, False, (), 5),
-    "bias_broadcast": ((2,), 11, 19, 2, 2, 4, (1, 11, 1), None, False, (), 5),
-    "padding_mask": ((3,), 9, 23, 2, 1, 4, None, "padding", False, (), 6),
-    "causal": ((2,), 17, 17, 2, 2, 4, None, None, True, (), 4),
-    "causal_t_ne_s": ((1,), 12, 20, 2, 2, 4, (1, 1, 12, 20), "random", True, (), 7),
-    "gqa": ((2,), 10, 14, 6, 2, 4, None, "random", False, (), 4),
-    "mqa": ((2,), 10, 14, 4, 1, 4, None, None, False, (), 3),
-    "batch_3d": ((2, 1, 3), 7, 9, 2, 1, 4, (1, 1, 3, 2, 1, 9), None, False, (), 4),
-    "no_batch": ((), 8, 12, 2, 2, 4, None, None, False, (), 5),
-    "shared_heads": ((2,), 10, 14, 4, 2, 4, None, None, False, (-3,), 4),
-    "shared_queries_and_batch": ((2, 3), 10, 14, 2, 2, 4, None, None, False, (0, -2), 4),
-    "shared_keys": ((2,), 10, 14, 2, 2, 4, None, "random", False, (-1,), 4),
+    "bias_full_causal": ((2,), 11, 19, 2, 2, 4, (2, 2, 11, 19), None, True, (), 5),
+    "bias_broadcast_padding": ((3,), 9, 23, 2, 1, 4, (1, 9, 1), "padding", False, (), 6),
+    "causal_t_ne_s_random_mask": ((1,), 12, 20, 2, 2, 4, (1, 1, 12, 20), "random", True, (), 7),
+    "gqa_shared_heads": ((2,), 10, 14, 6, 2, 4, None, "random", False, (-3,), 4),
+    "batch_3d_shared_batch_and_queries": ((2, 1, 3), 7, 9, 2, 1, 4, (1, 1, 3, 2, 1, 9), None, False, (0, -2), 4),
+    "no_batch_shared_keys": ((), 8, 12, 2, 2, 4, None, "random", False, (-1,), 5),
     "default_block": ((2,), 24, 40, 2, 1, 4, (2, 1, 24, 40), "padding", True, (1,), None),
 }
 
@@ -118,25 +113,22 @@ class ContractTest(chex.TestCase):
         chex.assert_shape(out, q.shape)
         np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, k.shape[-3], 0.7))
 
-    @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(("deterministic", True, 0.5), ("keep_prob_one", False, 1.0))
     def test_dropout_off_calls_jax_nn(self, deterministic, keep_prob):
-        for name in ("bias_full", "causal_t_ne_s", "gqa", "no_batch"):
+        for name in ("bias_full_causal", "causal_t_ne_s_random_mask", "gqa_shared_heads", "no_batch_shared_keys"):
             (q, k, v, bias, mask), options, _ = case_arrays(name)
-            if name == "no_batch":  # jax.nn takes a 4-d bias; a 3-d query has no batch
+            if name == "no_batch_shared_keys":  # jax.nn takes a 4-d bias; a 3-d query has no batch
                 q, k, v = q[None], k[None], v[None]
-            out = self.variant(
-                lambda q, k, v, bias, mask, causal=options["is_causal"]: jdrop.dot_product_attention(
-                    q, k, v, bias, mask, keep_prob=keep_prob, deterministic=deterministic, is_causal=causal
-                )
-            )(q, k, v, bias, mask)
+            out = jdrop.dot_product_attention(
+                q, k, v, bias, mask, keep_prob=keep_prob, deterministic=deterministic, is_causal=options["is_causal"]
+            )
             expected = jax.nn.dot_product_attention(
                 q, k, v, None if bias is None else bias.astype(jnp.float32), mask, is_causal=options["is_causal"]
             )
             np.testing.assert_array_equal(out, expected, err_msg=name)
 
     def test_fast_path_matches_materialised_formula_with_3d_batch(self):
-        (q, k, v, bias, mask), options, _ = case_arrays("batch_3d")
+        (q, k, v, bias, mask), options, _ = case_arrays("batch_3d_shared_batch_and_queries")
         out = jdrop.dot_product_attention(q, k, v, bias, mask, deterministic=True, is_causal=options["is_causal"])
         expected = materialised(q, k, v, bias, mask, is_causal=options["is_causal"])
         np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, k.shape[-3], 1.0))
@@ -160,7 +152,7 @@ class ContractTest(chex.TestCase):
 
 
 class BlockTest(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
+    @chex.variants(with_jit=True)
     def test_block_size_changes_nothing_but_rounding_and_drops_the_same_positions(self):
         # With value the identity over key positions (H = S, one kv head), the
         # output is the dropped weights themselves: out[t, n, s] = w[n, t, s].
@@ -178,7 +170,7 @@ class BlockTest(chex.TestCase):
         reference = attention(q, k, v, jax.random.clone(key), block_size=None)  # one block of S
         keep = jdrop.dropout_mask(jax.random.clone(key), (2, n, t, s), 0.6)
         np.testing.assert_array_equal(jnp.swapaxes(reference, -2, -3) != 0.0, keep)
-        for block_size in (1, 4, 5, 16, 23, 64):
+        for block_size in (1, 5, 16, 64):
             out = attention(q, k, v, jax.random.clone(key), block_size=block_size)
             np.testing.assert_array_equal(out != 0.0, reference != 0.0, err_msg=f"block_size={block_size}")
             np.testing.assert_allclose(out, reference, rtol=0, atol=tolerance(v, s, 0.6), err_msg=f"{block_size}")
@@ -219,9 +211,18 @@ class BlockTest(chex.TestCase):
 
 
 class GradientTest(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
+    @chex.variants(with_jit=True)
     @parameterized.named_parameters(
-        *((name, name) for name in ("t_ne_s_ragged", "bias_full", "bias_broadcast", "causal_t_ne_s", "gqa", "batch_3d"))
+        *(
+            (name, name)
+            for name in (
+                "t_ne_s_ragged",
+                "bias_full_causal",
+                "bias_broadcast_padding",
+                "gqa_shared_heads",
+                "batch_3d_shared_batch_and_queries",
+            )
+        )
     )
     def test_gradients_match_autodiff_of_the_formula(self, name):
         (q, k, v, bias, mask), options, block_size = case_arrays(name)
