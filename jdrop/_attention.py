@@ -290,6 +290,22 @@ def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return x.sum(axis=axes, keepdims=True) if axes else x
 
 
+def _first_mask_row(index: jax.Array, batch: tuple[int, ...], shared: frozenset[int], cfg: _Config) -> jax.Array:
+    """The dropout mask's row counter of a batch element's (head 0, query 0), from its flat batch ``index``.
+
+    Rows count row-major over the mask's shape, whose batch axes in ``shared``
+    have size 1: the element's index along those axes does not count.
+    """
+    index = index.astype(jnp.uint32)
+    row, stride = jnp.zeros((), jnp.uint32), 1
+    for axis in reversed(range(len(batch))):
+        index, position = index // jnp.uint32(batch[axis]), index % jnp.uint32(batch[axis])
+        if axis not in shared:
+            row, stride = row + position * jnp.uint32(stride), stride * batch[axis]
+    first: jax.Array = row * jnp.uint32(cfg.mask_heads * cfg.mask_queries)
+    return first
+
+
 def _check_broadcastable(x: jax.Array, shape: tuple[int, ...], name: str) -> None:
     if x.ndim > len(shape) or any(a not in (1, b) for a, b in zip(x.shape[::-1], shape[::-1], strict=False)):
         raise ValueError(
@@ -520,27 +536,21 @@ def dot_product_attention(
         mask_queries=mask_shape[-2],
         mask_columns=mask_shape[-1] != 1,
     )
-    # Each batch element's first mask row: its row-major index over the mask's batch axes, times N' T'.
-    flat_batch = np.zeros(1, np.int64)  # no batch axes: one element, row 0
-    if batch:
-        index = np.indices(batch).reshape(len(batch), -1)
-        index[[axis for axis in range(len(batch)) if axis in shared]] = 0  # a shared axis counts as size 1
-        flat_batch = np.asarray(np.ravel_multi_index(tuple(index), mask_shape[: len(batch)]))
-    row0 = jnp.asarray((flat_batch * (cfg.mask_heads * cfg.mask_queries)).astype(np.uint32))
     flat_bias, bias_axis = _flatten_batch(pad_keys(bias, -1), batch)
     flat_mask, mask_axis = _flatten_batch(pad_keys(mask, -1), batch)
-    per_example = jax.vmap(
-        functools.partial(_blocked_attention, cfg), in_axes=(0, 0, 0, bias_axis, mask_axis, None, None, None, 0)
-    )
-    out = per_example(
+
+    def per_example(
+        q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None
+    ) -> jax.Array:
+        # The element's first mask row, from its batch index: no (B,) table of rows to build and map.
+        row0 = _first_mask_row(lax.axis_index("batch"), batch, shared, cfg)
+        return _blocked_attention(cfg, q, k, v, bias, mask, seeds, threshold, inv_keep, row0)
+
+    out = jax.vmap(per_example, in_axes=(0, 0, 0, bias_axis, mask_axis), axis_name="batch")(
         q.reshape(-1, t, n, h),
         pad_keys(k, -3).reshape(-1, padded, kv_heads, h),  # type: ignore[union-attr]
         pad_keys(v, -3).reshape(-1, padded, kv_heads, h),  # type: ignore[union-attr]
         flat_bias,
         flat_mask,
-        seeds,
-        threshold,
-        inv_keep,
-        row0,
     )
     return out.reshape(q.shape)
