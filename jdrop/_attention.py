@@ -398,7 +398,10 @@ def dot_product_attention(
     weights' shape (..., N, T, S) with 1 at ``broadcast_dims``, the same for
     every ``block_size`` and every sharding, because each block computes its
     entries from their positions (row: the row-major index over (..., N, T);
-    column: the key's index).
+    column: the key's index). Shardings are those that XLA propagates
+    (``AxisType.Auto`` meshes); explicit sharding in types
+    (``AxisType.Explicit``, ``jax.make_mesh``'s default) is not supported on
+    the dropout path yet: its block loop's carries are unsharded.
 
     The weights are never held for all keys at once: an online softmax
     (running maximum and sum, as FlashAttention) runs over blocks of
