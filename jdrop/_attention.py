@@ -137,7 +137,6 @@ def _forward(
     row0: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """Online softmax over key blocks for one batch element: the output (T, N, H) and the logsumexp (N, T)."""
-    t, n, h = q.shape
 
     def step(
         carry: tuple[jax.Array, jax.Array, jax.Array], j: jax.Array
@@ -156,7 +155,9 @@ def _forward(
         acc = acc * rescale.T[..., None] + _pv(p, lax.dynamic_slice_in_dim(v, start, cfg.block, axis=0))
         return (acc, new_max, total), None
 
-    init = (jnp.zeros((t, n, h), jnp.float32), jnp.full((n, t), -jnp.inf), jnp.zeros((n, t), jnp.float32))
+    # Carries shaped like q (zeros_like): under explicit sharding they take its sharding, as the loop's outputs do.
+    row_stats = jnp.zeros_like(q[..., 0], jnp.float32).T  # (N, T)
+    init = (jnp.zeros_like(q, jnp.float32), row_stats - jnp.inf, row_stats)
     (acc, running_max, total), _ = lax.scan(step, init, jnp.arange(k.shape[0] // cfg.block))
     attended = total > 0.0  # False for a fully masked row: its output is 0
     out = jnp.where(attended.T[..., None], acc / jnp.where(attended, total, 1.0).T[..., None], 0.0)
@@ -261,7 +262,7 @@ def _blocked_bwd(cfg: _Config, residuals: _Residuals, d_out: jax.Array) -> tuple
         return (dq, d_bias_sum), (d_k * cfg.scale, d_v, d_bias if bias_blocked else jnp.zeros(()))
 
     bias_sum_shape = (1, 1, 1) if bias is None or bias_blocked else bias.shape
-    init = (jnp.zeros((t, n, h), jnp.float32), jnp.zeros(bias_sum_shape, jnp.float32))
+    init = (jnp.zeros_like(q, jnp.float32), jnp.zeros(bias_sum_shape, jnp.float32))
     (dq, d_bias_sum), (dk, dv, d_bias_blocks) = lax.scan(step, init, jnp.arange(k.shape[0] // cfg.block))
     d_bias_out: jax.Array | None = None
     if bias is not None:
@@ -398,10 +399,11 @@ def dot_product_attention(
     weights' shape (..., N, T, S) with 1 at ``broadcast_dims``, the same for
     every ``block_size`` and every sharding, because each block computes its
     entries from their positions (row: the row-major index over (..., N, T);
-    column: the key's index). Shardings are those that XLA propagates
-    (``AxisType.Auto`` meshes); explicit sharding in types
-    (``AxisType.Explicit``, ``jax.make_mesh``'s default) is not supported on
-    the dropout path yet: its block loop's carries are unsharded.
+    column: the key's index). With explicit sharding in types
+    (``AxisType.Explicit``, ``jax.make_mesh``'s default) the dropout path
+    takes inputs sharded along the batch and the heads; inputs sharded along
+    T or S need an ``AxisType.Auto`` mesh (its contractions over T and S
+    have no ``out_sharding``).
 
     The weights are never held for all keys at once: an online softmax
     (running maximum and sum, as FlashAttention) runs over blocks of

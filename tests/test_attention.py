@@ -384,7 +384,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jdrop
 
-# Sharding propagated by XLA (Auto axes); explicit sharding in types is not supported yet.
+# Sharding propagated by XLA (Auto axes) first.
 mesh = jax.make_mesh((2, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 kq, kk, kv = jax.random.split(jax.random.key(1), 3)
 q = jax.random.normal(kq, (4, 12, 4, 8))
@@ -408,6 +408,13 @@ for name, (q_spec, kv_spec) in layouts.items():
     ks, vs = (jax.device_put(x, NamedSharding(mesh, kv_spec)) for x in (k, v))
     got = [forward(qs, ks, vs, jax.random.key(0)), *backward(qs, ks, vs, jax.random.key(0))]
     results[name] = all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, expected))
+# Explicit sharding in types (make_mesh's default) along the batch and the heads.
+explicit = jax.make_mesh((2, 2), ("a", "b"))
+qs = jax.device_put(q, NamedSharding(explicit, P("a", None, "b")))
+ks, vs = (jax.device_put(x, NamedSharding(explicit, P("a", None, "b"))) for x in (k, v))
+with jax.set_mesh(explicit):
+    got = [forward(qs, ks, vs, jax.random.key(0)), *backward(qs, ks, vs, jax.random.key(0))]
+results["explicit batch x heads"] = all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, expected))
 print(json.dumps(results))
 """
 
@@ -425,4 +432,4 @@ def test_sharded_inputs_give_the_unsharded_result():
     done = subprocess.run([sys.executable, "-c", SHARDING_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-5000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert results == dict.fromkeys(("batch x heads", "queries", "keys"), True), results
+    assert results == dict.fromkeys(("batch x heads", "queries", "keys", "explicit batch x heads"), True), results
