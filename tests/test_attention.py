@@ -24,8 +24,10 @@ def inputs(batch, t, s, n, k, h, dtype=jnp.float32, seed=0):
     return q, key, value
 
 
-@functools.partial(jax.jit, static_argnames=("keep_prob", "broadcast_dims", "is_causal"))
-def materialised(q, k, v, bias=None, mask=None, *, dropout_key=None, keep_prob=1.0, broadcast_dims=(), is_causal=False):
+@functools.partial(jax.jit, static_argnames=("keep_prob", "broadcast_dims", "is_causal", "scale"))
+def materialised(
+    q, k, v, bias=None, mask=None, *, dropout_key=None, keep_prob=1.0, broadcast_dims=(), is_causal=False, scale=None
+):
     """The documented formula, on the full (..., N, T, S) weights, in float32: the reference.
 
     A row with every key masked out has weights 0.
@@ -33,7 +35,8 @@ def materialised(q, k, v, bias=None, mask=None, *, dropout_key=None, keep_prob=1
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     groups = q.shape[-2] // k.shape[-2]
     k, v = jnp.repeat(k, groups, axis=-2), jnp.repeat(v, groups, axis=-2)  # head n uses kv head n // groups
-    logits = jnp.einsum("...tnh,...snh->...nts", q, k) * jnp.float32(1 / math.sqrt(q.shape[-1]))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = jnp.einsum("...tnh,...snh->...nts", q, k) * jnp.float32(scale)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     allowed = jnp.ones(logits.shape, bool)
@@ -146,6 +149,14 @@ class ContractTest(chex.TestCase):
         out = jdrop.dot_product_attention(q, k, v, bias, mask, deterministic=True, is_causal=options["is_causal"])
         expected = materialised(q, k, v, bias, mask, is_causal=options["is_causal"])
         np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, k.shape[-3], 1.0))
+
+    @parameterized.named_parameters(("dropout", 0.6), ("fast_path", 1.0))
+    def test_scale(self, keep_prob):
+        q, k, v = inputs((2,), 6, 10, 2, 2, 4)
+        key = jax.random.key(1)
+        out = jdrop.dot_product_attention(q, k, v, dropout_key=key, keep_prob=keep_prob, scale=0.3, block_size=4)
+        expected = materialised(q, k, v, dropout_key=jax.random.clone(key), keep_prob=keep_prob, scale=0.3)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, 10, keep_prob))
 
     @parameterized.named_parameters(("dropout", 0.6), ("fast_path", 1.0))
     def test_fully_masked_rows_give_zeros_and_finite_gradients(self, keep_prob):
@@ -361,6 +372,7 @@ class ErrorTest(parameterized.TestCase):
         ("is_causal", {"is_causal": "yes"}, TypeError, "is_causal"),
         ("missing_key", {"dropout_key": None}, ValueError, "dropout_key"),
         ("implementation", {"implementation": "triton"}, ValueError, "implementation"),
+        ("scale", {"scale": "large"}, TypeError, "scale"),
     )
     def test_bad_input_raises_naming_the_argument(self, change, error, match):
         arguments = {
