@@ -1,6 +1,7 @@
 """jdrop: fast, correct inverted dropout for JAX training loops."""
 
 from jdrop._activation import ACTIVATIONS, activation_dropout
+from jdrop._attention import dot_product_attention
 from jdrop._dropout import KEEP_PROB_BITS, dropout, dropout_mask, effective_keep_prob
 from jdrop._mc import MCPrediction, mc_predict
 from jdrop._mlp import Params, mlp_apply, mlp_init
@@ -41,6 +42,7 @@ __all__ = [
     "concrete_dropout",
     "concrete_dropout_regularizer",
     "data_parallel_mesh",
+    "dot_product_attention",
     "drop_path",
     "dropout",
     "dropout_mask",
