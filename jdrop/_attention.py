@@ -457,6 +457,9 @@ def dot_product_attention(
         of ``query``, ``key`` and ``value`` differ, or an argument has the wrong type.
 
     Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop
       >>> q = jnp.ones((2, 5, 4, 8))  # (batch, T, N, H)
       >>> kv = jnp.ones((2, 7, 2, 8))  # (batch, S, K, H): two query heads per key/value head
       >>> out = jdrop.dot_product_attention(q, kv, kv, dropout_key=jax.random.key(0), keep_prob=0.9)

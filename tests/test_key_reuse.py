@@ -112,6 +112,10 @@ CASES = {
     "mc_predict with apply_fn": run_mc_predict_apply_fn,
     "make_train_step": run_train_steps,
     "make_train_step with loss_fn": run_train_steps_with_loss_fn,
+    # Its "key" is the attention's key array (jax.nn's layout); the PRNG key is dropout_key.
+    "dot_product_attention": lambda key: jdrop.dot_product_attention(
+        jnp.ones((2, 5, 4, 8)), jnp.ones((2, 7, 2, 8)), jnp.ones((2, 7, 2, 8)), dropout_key=key, keep_prob=0.5
+    ),
 }
 
 

@@ -75,6 +75,21 @@ BAD_CALLS = [
     ("l2_penalty", ({"w": 1}, 0.1, 10), {}),
     ("shard_batch", (np.ones(3),), {"mesh": jdrop.data_parallel_mesh(), "axis": 2}),
     ("data_parallel_mesh", ([],), {}),
+    (
+        "dot_product_attention",
+        (jnp.ones((1, 2, 2, 4)), jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4))),
+        {"keep_prob": 0.5},
+    ),
+    (
+        "dot_product_attention",
+        (jnp.ones((1, 2, 2, 4)), jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4))),
+        {"keep_prob": 0.5, "dropout_key": KEY, "block_size": 0},
+    ),
+    (
+        "dot_product_attention",
+        (jnp.ones((1, 2, 3, 4)), jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4))),
+        {"deterministic": True},
+    ),
 ]
 
 
