@@ -1,12 +1,19 @@
 r"""Memory-light dot-product attention with dropout on the attention weights.
 
-:func:`dot_product_attention` computes, in blocks of keys, what
+:func:`dot_product_attention` computes, in tiles of (queries, keys), what
 ``jax.nn.dot_product_attention`` computes, with dropout on the softmax weights
 in between: the weights of every (query, key) pair are never held at once.
 The dropout mask is a pure function of each weight's position (see
-:mod:`jdrop._generator`), so each block regenerates exactly its part of the
+:mod:`jdrop._generator`), so each tile regenerates exactly its part of the
 mask that ``jdrop.dropout`` would draw on the full weights, in the forward
-pass and again in the backward pass, whatever the block size.
+pass and again in the backward pass, whatever the tile size.
+
+The work is split into items, one per (batch element, query head), each an
+online softmax over its tiles with unbatched products. On one CPU device the
+items run one after another (their products then use every core at about
+twice the speed of products batched over heads); elsewhere they run side by
+side under vmap, which keeps inputs sharded along the batch or the heads where
+they are. The schedule changes no value.
 
 Shapes follow ``jax.nn.dot_product_attention``::
 
@@ -19,8 +26,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +51,23 @@ from jdrop._generator import MAX_COUNTER, hash16, seeds_of
 
 __all__ = ["dot_product_attention"]
 
-#: Keys per block when ``block_size`` is None: the per-block weights of one
-#: batch element are N * T * 512 float32 values.
-DEFAULT_BLOCK_SIZE = 512
+#: (queries, keys) per tile when ``block_size`` is None, for each way of running the
+#: items (one (batch, head) pair each): "loop" (CPU, one device), where long query
+#: tiles make each product large enough to use every core, and "vmap" (GPU, or
+#: several devices: every item at once, so that sharded items stay where they are).
+DEFAULT_TILES = {"loop": (1024, 128), "vmap": (128, 128)}
+
+
+def _schedule() -> Literal["loop", "vmap"]:
+    """How the items run: one after another on a single CPU device, all at once (vmap) elsewhere.
+
+    On a CPU a (batch, head) item's products with unbatched operands run at
+    about twice the speed of the same products batched over heads; a GPU needs
+    the items side by side. With several devices the items axis may be
+    sharded, and a loop over it would gather it: vmap keeps every device on
+    its own items. Both give the same values, the same mask bits.
+    """
+    return "loop" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
 
 
 class _Config(NamedTuple):
@@ -54,77 +75,100 @@ class _Config(NamedTuple):
 
     scale: float
     is_causal: bool
-    length: int  # S before padding: columns at or beyond it never attend
-    block: int  # keys per block
-    mask_heads: int  # N, or 1 when the dropout mask is shared across heads (broadcast_dims)
-    mask_queries: int  # T, or 1 when it is shared across queries
+    length: int  # S before padding: keys at or beyond it never attend
+    q_block: int  # queries per tile
+    k_block: int  # keys per tile
+    mask_queries: bool  # False when the dropout mask is shared across queries: every row counter is the item's
     mask_columns: bool  # False when it is shared across keys: every column counter is then 0
+    # The logit of a key that the mask or causality rules out: -inf (jdrop: a row
+    # with no key left gives 0), or a large finite one (Flax and Equinox: such a
+    # row spreads its weight uniformly over the keys, as their finfo.min does).
+    masked_logit: float
+    precision: Any  # lax.Precision, a string, a pair or None: passed to every product
+    skip_causal: bool  # causality ends a query tile's key loop at its diagonal (no tile beyond it matters)
+    heads: int  # N: item i is (batch i // N, head i % N)
+    bias_items: tuple[bool, bool]  # whether the bias varies along (batch, head); likewise the mask
+    mask_items: tuple[bool, bool]
+    schedule: Literal["loop", "vmap"]
+    # An item's first mask row is sum ((b // divisor) % size) * stride over the batch axes, plus n * head stride.
+    row_strides: tuple[tuple[int, int, int], ...]  # (divisor, size, stride) per batch axis
+    head_stride: int
 
 
-def _slice_keys(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    """Block ``[start, start + size)`` of ``x`` along its last axis, unless that axis has size 1 (broadcast)."""
-    if x.shape[-1] == 1:
+def _slice(x: jax.Array, axis: int, start: jax.Array, size: int) -> jax.Array:
+    """Tile ``[start, start + size)`` of ``x`` along ``axis``, unless that axis has size 1 (broadcast)."""
+    if x.shape[axis] == 1:
         return x
-    return lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
+    return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _block_logits(
-    cfg: _Config, q: jax.Array, k: jax.Array, bias: jax.Array | None, mask: jax.Array | None, start: jax.Array
+def _tile_logits(
+    cfg: _Config,
+    q: jax.Array,
+    k: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    q_start: jax.Array,
+    k_start: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """The logits of the keys ``[start, start + block)`` for one batch element, and where they attend.
+    """The float32 logits (Tq, Sk) of an item's tile, ``cfg.masked_logit`` where not attended, and that pattern.
 
-    Returns float32 logits of shape (N, T, block), -inf where a key is not
-    attended (the mask, causality, padding), and that boolean pattern.
+    ``q`` is a query tile (Tq, H); ``k`` the item's keys (S, H), of which the
+    tile takes ``[k_start, k_start + Sk)``. Keys of the padding are -inf
+    (never attended, by either convention); ``allowed`` is False there too.
     """
-    t, n, h = q.shape
-    kj = lax.dynamic_slice_in_dim(k, start, cfg.block, axis=0)
-    groups = n // kj.shape[1]
-    grouped = q.reshape(t, kj.shape[1], groups, h)  # head n = kv_head * groups + g, as jax.nn's
-    logits = jnp.einsum("tkgh,skh->kgts", grouped, kj, preferred_element_type=jnp.float32)
-    logits = logits.reshape(n, t, cfg.block) * jnp.float32(cfg.scale)
+    tq = q.shape[0]
+    kj = lax.dynamic_slice_in_dim(k, k_start, cfg.k_block, axis=0)
+    logits = jnp.einsum("th,sh->ts", q, kj, precision=cfg.precision, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(cfg.scale)
     if bias is not None:
-        logits = logits + _slice_keys(bias, start, cfg.block).astype(jnp.float32)
-    col = start + lax.broadcasted_iota(jnp.int32, (1, 1, cfg.block), 2)
-    allowed = col < cfg.length  # padded keys never attend
+        logits = logits + _slice(_slice(bias, 0, q_start, tq), 1, k_start, cfg.k_block).astype(jnp.float32)
+    col = k_start + lax.broadcasted_iota(jnp.int32, (1, cfg.k_block), 1)
+    inside = col < cfg.length  # padded keys never attend
+    allowed = inside
     if mask is not None:
-        allowed = allowed & _slice_keys(mask, start, cfg.block)
+        allowed = allowed & _slice(_slice(mask, 0, q_start, tq), 1, k_start, cfg.k_block)
     if cfg.is_causal:  # jax.nn's convention: query t attends keys 0..t
-        allowed = allowed & (col <= lax.broadcasted_iota(jnp.int32, (1, t, 1), 1))
-    return jnp.where(allowed, logits, -jnp.inf), allowed
+        allowed = allowed & (col <= q_start + lax.broadcasted_iota(jnp.int32, (tq, 1), 0))
+    logits = jnp.where(allowed, logits, jnp.float32(cfg.masked_logit))
+    if not math.isinf(cfg.masked_logit):
+        logits = jnp.where(inside, logits, -jnp.inf)
+    return logits, allowed
 
 
-def _block_keep(cfg: _Config, seeds: jax.Array, threshold: jax.Array, row0: jax.Array, start: jax.Array) -> jax.Array:
-    """The dropout keep-mask of a key block, (N or 1, T or 1, block or 1): the full mask's entries at its positions.
+def _tile_keep(
+    cfg: _Config,
+    seeds: jax.Array,
+    threshold: jax.Array,
+    row0: jax.Array,
+    q_start: jax.Array,
+    tq: int,
+    k_start: jax.Array,
+) -> jax.Array:
+    """The dropout keep-mask of a tile, (Tq or 1, Sk or 1): the full mask's entries at its positions.
 
-    ``row0`` is the batch element's first mask row, so rows count (batch, head,
-    query) row-major over the mask's shape, and columns count keys from 0 over
-    the whole (unpadded) sequence, exactly as ``jdrop.dropout_mask`` on the
-    full weights.
+    ``row0`` is the item's first mask row, so rows count (batch, head, query)
+    row-major over the mask's shape, and columns count keys from 0 over the
+    whole (unpadded) sequence, exactly as ``jdrop.dropout_mask`` on the full
+    weights.
     """
-    heads = lax.broadcasted_iota(jnp.uint32, (cfg.mask_heads, 1, 1), 0)
-    queries = lax.broadcasted_iota(jnp.uint32, (1, cfg.mask_queries, 1), 1)
-    row = (row0 + heads * jnp.uint32(cfg.mask_queries)) + queries
+    row = row0 + (q_start.astype(jnp.uint32) + lax.broadcasted_iota(jnp.uint32, (tq, 1), 0) if cfg.mask_queries else 0)
     if cfg.mask_columns:
-        col = start.astype(jnp.uint32) + lax.broadcasted_iota(jnp.uint32, (1, 1, cfg.block), 2)
+        col = k_start.astype(jnp.uint32) + lax.broadcasted_iota(jnp.uint32, (1, cfg.k_block), 1)
     else:
-        col = jnp.zeros((1, 1, 1), jnp.uint32)
-    return hash16(seeds, row, col) < threshold
+        col = jnp.zeros((1, 1), jnp.uint32)
+    return hash16(seeds, jnp.asarray(row, jnp.uint32).reshape(-1, 1), col) < threshold
 
 
-def _pv(p: jax.Array, v: jax.Array) -> jax.Array:
-    """``sum_s p[n, t, s] v[s, n // G, h]`` as (T, N, H) float32, with p cast to v's dtype as jax.nn does."""
-    n, t, s = p.shape
-    kv_heads = v.shape[1]
-    out = jnp.einsum(
-        "kgts,skh->tkgh",
-        p.reshape(kv_heads, n // kv_heads, t, s).astype(v.dtype),
-        v,
-        preferred_element_type=jnp.float32,
-    )
-    return out.reshape(t, n, v.shape[-1])
+def _key_tiles(cfg: _Config, q_index: jax.Array, num_key_tiles: int) -> jax.Array:
+    """How many key tiles a query tile visits: all, or with ``cfg.skip_causal`` those up to its diagonal."""
+    if not cfg.skip_causal:
+        return jnp.asarray(num_key_tiles, jnp.int32)
+    last_query = (q_index + 1) * cfg.q_block - 1
+    return jnp.minimum(last_query // cfg.k_block + 1, num_key_tiles).astype(jnp.int32)
 
 
-def _forward(
+def _item_forward(
     cfg: _Config,
     q: jax.Array,
     k: jax.Array,
@@ -135,38 +179,171 @@ def _forward(
     threshold: jax.Array,
     inv_keep: jax.Array,
     row0: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    """Online softmax over key blocks for one batch element: the output (T, N, H) and the logsumexp (N, T)."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Online softmax over the tiles of one item: ``q`` (nq, Tq, H), ``k`` (S, H), ``v`` (S, Hv).
 
-    def step(
-        carry: tuple[jax.Array, jax.Array, jax.Array], j: jax.Array
-    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
-        acc, running_max, total = carry
-        start = j * cfg.block
-        logits, _ = _block_logits(cfg, q, k, bias, mask, start)
-        new_max = jnp.maximum(running_max, logits.max(axis=-1))
-        # -inf while every key so far is masked: subtract 0 instead, so that
-        # exp gives 0 for those keys rather than exp(-inf + inf) = NaN.
-        shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-        p = jnp.exp(logits - shift[..., None])
-        rescale = jnp.exp(running_max - shift)
-        total = total * rescale + p.sum(axis=-1)  # the softmax denominator is taken before dropout
-        p = jnp.where(_block_keep(cfg, seeds, threshold, row0, start), p * inv_keep, 0.0)  # dropout
-        acc = acc * rescale.T[..., None] + _pv(p, lax.dynamic_slice_in_dim(v, start, cfg.block, axis=0))
-        return (acc, new_max, total), None
+    Returns the output tiles (nq, Tq, Hv) and, per row, the softmax's shift and
+    reciprocal sum (nq, Tq): the backward pass's residuals.
+    """
+    tq, hv = q.shape[1], v.shape[-1]
+    num_key_tiles = k.shape[0] // cfg.k_block
 
-    # Carries shaped like q (zeros_like): under explicit sharding they take its sharding, as the loop's outputs do.
-    row_stats = jnp.zeros_like(q[..., 0], jnp.float32).T  # (N, T)
-    init = (jnp.zeros_like(q, jnp.float32), row_stats - jnp.inf, row_stats)
-    (acc, running_max, total), _ = lax.scan(step, init, jnp.arange(k.shape[0] // cfg.block))
-    attended = total > 0.0  # False for a fully masked row: its output is 0
-    out = jnp.where(attended.T[..., None], acc / jnp.where(attended, total, 1.0).T[..., None], 0.0)
-    lse = jnp.where(attended, running_max + jnp.log(jnp.where(attended, total, 1.0)), 0.0)
-    return out.astype(q.dtype), lse
+    def query_tile(_: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, tuple[jax.Array, jax.Array, jax.Array]]:
+        qi, i = xs
+        q_start = i * tq
+
+        def key_tile(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+            acc, running_max, total = carry
+            k_start = j * cfg.k_block
+            logits, _ = _tile_logits(cfg, qi, k, bias, mask, q_start, k_start)
+            new_max = jnp.maximum(running_max, logits.max(axis=-1))
+            # -inf while every key so far is masked: subtract 0 instead, so that
+            # exp gives 0 for those keys rather than exp(-inf + inf) = NaN.
+            shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+            p = jnp.exp(logits - shift[:, None])
+            rescale = jnp.exp(running_max - shift)
+            total = total * rescale + p.sum(axis=-1)  # the softmax denominator is taken before dropout
+            keep = _tile_keep(cfg, seeds, threshold, row0, q_start, tq, k_start)
+            p = jnp.where(keep, p * inv_keep, 0.0)  # dropout
+            vj = lax.dynamic_slice_in_dim(v, k_start, cfg.k_block, axis=0)
+            pv = jnp.einsum(  # the weights in v's dtype, as jax.nn's product
+                "ts,sh->th", p.astype(v.dtype), vj, precision=cfg.precision, preferred_element_type=jnp.float32
+            )
+            return acc * rescale[:, None] + pv, new_max, total
+
+        # Carries made from q (zeros_like): under explicit sharding they take its sharding, as the loop's outputs do.
+        row_stats = jnp.zeros_like(qi[:, 0], jnp.float32)
+        acc = jnp.zeros_like(qi[:, :1], jnp.float32) + jnp.zeros((hv,), jnp.float32)
+        init = (acc, row_stats - jnp.inf, row_stats)
+        acc, running_max, total = lax.fori_loop(0, _key_tiles(cfg, i, num_key_tiles), key_tile, init)
+        attended = total > 0.0  # False for a row with no key left: its output is 0
+        inv_total = jnp.where(attended, 1.0 / jnp.where(attended, total, 1.0), 0.0)
+        shift = jnp.where(jnp.isfinite(running_max), running_max, 0.0)
+        return None, ((acc * inv_total[:, None]).astype(v.dtype), shift, inv_total)
+
+    _, (out, shift, inv_total) = lax.scan(query_tile, None, (q, jnp.arange(q.shape[0])))
+    return out, shift, inv_total
+
+
+def _item_backward(
+    cfg: _Config,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    seeds: jax.Array,
+    threshold: jax.Array,
+    inv_keep: jax.Array,
+    row0: jax.Array,
+    out: jax.Array,
+    shift: jax.Array,
+    inv_total: jax.Array,
+    d_out: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """FlashAttention-2's backward over one item's tiles, regenerating each tile's weights and dropout mask.
+
+    Returns float32 gradients in q (nq, Tq, H), k, v and the item's bias.
+    """
+    tq = q.shape[1]
+    num_key_tiles = k.shape[0] // cfg.k_block
+    # sum_s w_s dw_s, with w the weights after dropout, equals sum_h dO * O.
+    delta = jnp.einsum("ith,ith->it", d_out.astype(jnp.float32), out.astype(jnp.float32))
+
+    def query_tile(carry: tuple[jax.Array, ...], xs: tuple[jax.Array, ...]) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        qi, d_out_i, shift_i, inv_total_i, delta_i, i = xs
+        q_start = i * tq
+
+        def key_tile(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            dq, dk, dv, d_bias = carry
+            k_start = j * cfg.k_block
+            logits, allowed = _tile_logits(cfg, qi, k, bias, mask, q_start, k_start)
+            p = jnp.exp(logits - shift_i[:, None]) * inv_total_i[:, None]  # the weights, before dropout
+            vj = lax.dynamic_slice_in_dim(v, k_start, cfg.k_block, axis=0)
+            kj = lax.dynamic_slice_in_dim(k, k_start, cfg.k_block, axis=0)
+            d_p = jnp.einsum("th,sh->ts", d_out_i, vj, precision=cfg.precision, preferred_element_type=jnp.float32)
+            keep = _tile_keep(cfg, seeds, threshold, row0, q_start, tq, k_start)
+            w = jnp.where(keep, p * inv_keep, 0.0)  # the weights after dropout
+            d_p = jnp.where(keep, d_p * inv_keep, 0.0)
+            d_logits = p * (d_p - delta_i[:, None])  # the softmax's backward
+            if not math.isinf(cfg.masked_logit):  # masked keys of a fully masked row have weight but no gradient
+                d_logits = jnp.where(allowed, d_logits, 0.0)
+            d_low = d_logits.astype(q.dtype)
+            dv_j = jnp.einsum(
+                "ts,th->sh", w.astype(q.dtype), d_out_i, precision=cfg.precision, preferred_element_type=jnp.float32
+            )
+            dk_j = jnp.einsum("ts,th->sh", d_low, qi, precision=cfg.precision, preferred_element_type=jnp.float32)
+            dq = dq + jnp.einsum("ts,sh->th", d_low, kj, precision=cfg.precision, preferred_element_type=jnp.float32)
+            dk = _add_tile(dk, dk_j, (k_start, 0))
+            dv = _add_tile(dv, dv_j, (k_start, 0))
+            if bias is not None:  # the logits' gradient, summed over the bias's broadcast axes
+                d_bias = _add_tile(d_bias, _sum_to(d_logits, bias.shape), (q_start, k_start))
+            return dq, dk, dv, d_bias
+
+        dk, dv, d_bias = carry
+        init = (jnp.zeros_like(qi, jnp.float32), dk, dv, d_bias)
+        dq_i, dk, dv, d_bias = lax.fori_loop(0, _key_tiles(cfg, i, num_key_tiles), key_tile, init)
+        return (dk, dv, d_bias), dq_i * jnp.float32(cfg.scale)
+
+    init: tuple[Any, ...] = (
+        jnp.zeros_like(k, jnp.float32),
+        jnp.zeros_like(v, jnp.float32),
+        None if bias is None else jnp.zeros_like(bias, jnp.float32),
+    )
+    xs = (q, d_out, shift, inv_total, delta, jnp.arange(q.shape[0]))
+    (dk, dv, d_bias), dq = lax.scan(query_tile, init, xs)
+    return dq, dk * jnp.float32(cfg.scale), dv, d_bias
+
+
+def _item_part(x: jax.Array | None, varies: tuple[bool, bool], b: jax.Array, n: jax.Array) -> jax.Array | None:
+    """Item (batch ``b``, head ``n``)'s (T or 1, S or 1) part of a bias or mask (B or 1, N or 1, T or 1, S or 1)."""
+    if x is None:
+        return None
+    x = lax.dynamic_index_in_dim(x, b if varies[0] else 0, 0, keepdims=False)
+    part: jax.Array = lax.dynamic_index_in_dim(x, n if varies[1] else 0, 0, keepdims=False)
+    return part
+
+
+def _item_leading(x: jax.Array | None, varies: tuple[bool, bool], kv_heads: int) -> jax.Array | None:
+    """A bias or mask with exactly the item axes it varies along, (B?, K?, G?, T or 1, S or 1): for the vmaps."""
+    if x is None:
+        return None
+    if not varies[0]:
+        x = x[0]
+    if not varies[1]:
+        return x[..., 0, :, :]
+    lead = x.shape[:-3]
+    return x.reshape(*lead, kv_heads, x.shape[-3] // kv_heads, *x.shape[-2:])
+
+
+def _vmap_items(
+    fn: Callable[..., Any],
+    per_head: tuple[jax.Array, ...],
+    per_kv: tuple[jax.Array, ...],
+    parts: tuple[tuple[jax.Array | None, tuple[bool, bool]], ...],
+) -> Any:
+    """``fn(b, kv, g, *head_item, *kv_item, *part_items)`` over every item at once: vmaps over B, K and G.
+
+    ``per_head`` arrays lead with (B, K, G), ``per_kv`` with (B, K); each of
+    ``parts`` (a bias or mask from :func:`_item_leading`, and where it varies)
+    leads with the item axes it varies along. vmap rather than one joined item
+    axis, so that inputs sharded along the batch or the heads stay so.
+    """
+    heads, kvs = len(per_head), len(per_kv)
+
+    def indexed(*arrays: Any) -> Any:
+        return fn(lax.axis_index("B"), lax.axis_index("K"), lax.axis_index("G"), *arrays)
+
+    f = indexed
+    for level in ("G", "K", "B"):
+        part_axes = tuple(None if x is None or not varies[0 if level == "B" else 1] else 0 for x, varies in parts)
+        kv_axis = None if level == "G" else 0
+        f = jax.vmap(f, in_axes=(0,) * heads + (kv_axis,) * kvs + part_axes, axis_name=level)
+    return f(*per_head, *per_kv, *(x for x, _ in parts))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _blocked_attention(
+def _attention_items(
     cfg: _Config,
     q: jax.Array,
     k: jax.Array,
@@ -176,31 +353,29 @@ def _blocked_attention(
     seeds: jax.Array,
     threshold: jax.Array,
     inv_keep: jax.Array,
-    row0: jax.Array,
 ) -> jax.Array:
-    """One batch element's attention output, (T, N, H); differentiable in q, k, v and bias by the rules below."""
-    return _forward(cfg, q, k, v, bias, mask, seeds, threshold, inv_keep, row0)[0]
+    """Every item's output tiles (B, K, G, nq, Tq, Hv); differentiable in q, k, v and bias by the rules below.
+
+    ``q`` (B, K, G, nq, Tq, H); ``k`` (B, K, S, H) and ``v`` (B, K, S, Hv);
+    ``bias`` and ``mask`` (B or 1, N or 1, T or 1, S or 1); ``seeds`` the
+    generator's words (words,), or each head's (N, words). Item (b, kv head, g)
+    is query head ``n = kv_head * G + g``; its first mask row comes from ``cfg``.
+    """
+    return _items_fwd(cfg, q, k, v, bias, mask, seeds, threshold, inv_keep)[0]
 
 
-# What the backward pass keeps: the inputs (q, k, v, bias, mask, seeds, threshold,
-# 1 / keep, first mask row), the output and the logsumexp. O(T N (H + 1)) per
-# batch element beyond the inputs: no (T, S) array.
-_Residuals = tuple[
-    jax.Array,
-    jax.Array,
-    jax.Array,
-    jax.Array | None,
-    jax.Array | None,
-    jax.Array,
-    jax.Array,
-    jax.Array,
-    jax.Array,
-    jax.Array,
-    jax.Array,
-]
+# What the backward pass keeps: the inputs, the output, and each row's shift and
+# reciprocal sum: O(T N (Hv + 2)) per batch element beyond the inputs, no (T, S)
+# array. (The two statistics, rather than their logsumexp, because a row of
+# logits near -1e9, from a bias that masks, would lose log(sum) to rounding.)
+_Residuals = tuple[Any, ...]
 
 
-def _blocked_fwd(
+def _flat(x: jax.Array, axes: int) -> jax.Array:
+    return x.reshape(-1, *x.shape[axes:])
+
+
+def _items_fwd(
     cfg: _Config,
     q: jax.Array,
     k: jax.Array,
@@ -210,79 +385,137 @@ def _blocked_fwd(
     seeds: jax.Array,
     threshold: jax.Array,
     inv_keep: jax.Array,
-    row0: jax.Array,
 ) -> tuple[jax.Array, _Residuals]:
-    out, lse = _forward(cfg, q, k, v, bias, mask, seeds, threshold, inv_keep, row0)
-    return out, (q, k, v, bias, mask, seeds, threshold, inv_keep, row0, out, lse)
+    groups = q.shape[2]
+
+    def one(
+        b: jax.Array, kv: jax.Array, g: jax.Array, q_i: jax.Array, k_i: jax.Array, v_i: jax.Array, *parts: Any
+    ) -> Any:
+        seeds_i, row0, bias_i, mask_i = _item_context(cfg, seeds, bias, mask, parts, b, kv * groups + g)
+        return _item_forward(cfg, q_i, k_i, v_i, bias_i, mask_i, seeds_i, threshold, inv_keep, row0)
+
+    out, shift, inv_total = _over_items(cfg, one, (q,), (k, v), bias, mask)
+    return out, (q, k, v, bias, mask, seeds, threshold, inv_keep, out, shift, inv_total)
 
 
-def _blocked_bwd(cfg: _Config, residuals: _Residuals, d_out: jax.Array) -> tuple[jax.Array | None, ...]:
-    """FlashAttention-2's backward over key blocks, regenerating each block's weights and dropout mask."""
-    q, k, v, bias, mask, seeds, threshold, inv_keep, row0, out, lse = residuals
-    t, n, h = q.shape
-    kv_heads = k.shape[1]
-    d_grouped = d_out.reshape(t, kv_heads, n // kv_heads, h)
-    q_grouped = q.reshape(t, kv_heads, n // kv_heads, h)
-    # sum_s w_s dw_s, with w the weights after dropout, equals sum_h dO * O.
-    delta = jnp.einsum("tnh,tnh->nt", d_out.astype(jnp.float32), out.astype(jnp.float32))
-    bias_blocked = bias is not None and bias.shape[-1] != 1
+def _item_context(
+    cfg: _Config,
+    seeds: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    parts: tuple[Any, ...],
+    b: jax.Array,
+    n: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """Item (batch ``b``, head ``n``)'s generator words, first mask row, and bias and mask parts.
 
-    def step(
-        carry: tuple[jax.Array, jax.Array], j: jax.Array
-    ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-        dq, d_bias_sum = carry
-        start = j * cfg.block
-        logits, allowed = _block_logits(cfg, q, k, bias, mask, start)
-        p = jnp.where(allowed, jnp.exp(logits - lse[..., None]), 0.0)  # the softmax weights, before dropout
-        d_p = jnp.einsum(
-            "tkgh,skh->kgts",
-            d_grouped,
-            lax.dynamic_slice_in_dim(v, start, cfg.block, axis=0),
-            preferred_element_type=jnp.float32,
-        ).reshape(n, t, cfg.block)
-        keep = _block_keep(cfg, seeds, threshold, row0, start)
-        w = jnp.where(keep, p * inv_keep, 0.0)  # the weights after dropout
-        d_p = jnp.where(keep, d_p * inv_keep, 0.0)
-        d_logits = p * (d_p - delta[..., None])  # the softmax's backward
-        d_grouped_logits = d_logits.reshape(kv_heads, n // kv_heads, t, cfg.block).astype(q.dtype)
-        d_v = jnp.einsum(
-            "kgts,tkgh->skh",
-            w.reshape(d_grouped_logits.shape).astype(q.dtype),
-            d_grouped,
-            preferred_element_type=jnp.float32,
+    ``parts`` are the bias and mask parts that the vmaps have already taken
+    (vmap schedule), or empty: then they are indexed here (loop schedule).
+    """
+    seeds_i = seeds if seeds.ndim == 1 else lax.dynamic_index_in_dim(seeds, n, 0, keepdims=False)
+    # Arithmetic rather than a table lookup: b and n may be sharded (vmap's axis_index), a table is not.
+    row0 = n.astype(jnp.uint32) * jnp.uint32(cfg.head_stride)
+    for divisor, size, stride in cfg.row_strides:
+        position = (b.astype(jnp.uint32) // jnp.uint32(divisor)) % jnp.uint32(size)
+        row0 = row0 + position * jnp.uint32(stride)
+    if parts:
+        return seeds_i, row0, parts[0], parts[1]
+    return seeds_i, row0, _item_part(bias, cfg.bias_items, b, n), _item_part(mask, cfg.mask_items, b, n)
+
+
+def _over_items(
+    cfg: _Config,
+    fn: Callable[..., Any],
+    per_head: tuple[jax.Array, ...],
+    per_kv: tuple[jax.Array, ...],
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+) -> Any:
+    """``fn(b, kv, g, *head_item, *kv_item, *parts)`` for every item, stacked with leading (B, K, G).
+
+    Loop schedule: one item after another (``lax.map``), ``parts`` empty.
+    vmap schedule: :func:`_vmap_items`, with the bias and mask parts.
+    """
+    batch, kv_heads, groups = per_head[0].shape[:3]
+    if cfg.schedule == "vmap":
+        parts = (
+            (_item_leading(bias, cfg.bias_items, kv_heads), cfg.bias_items),
+            (_item_leading(mask, cfg.mask_items, kv_heads), cfg.mask_items),
         )
-        d_k = jnp.einsum("kgts,tkgh->skh", d_grouped_logits, q_grouped, preferred_element_type=jnp.float32)
-        kj = lax.dynamic_slice_in_dim(k, start, cfg.block, axis=0)
-        dq = dq + _pv(d_logits, kj)
-        d_bias = jnp.zeros(())
-        if bias is not None:  # the logits' gradient, summed over the bias's broadcast axes
-            d_bias = _sum_to(d_logits, (*bias.shape[:-1], cfg.block if bias_blocked else 1))
-            if not bias_blocked:
-                d_bias_sum = d_bias_sum + d_bias
-        return (dq, d_bias_sum), (d_k * cfg.scale, d_v, d_bias if bias_blocked else jnp.zeros(()))
+        return _vmap_items(fn, per_head, per_kv, parts)
 
-    bias_sum_shape = (1, 1, 1) if bias is None or bias_blocked else bias.shape
-    init = (jnp.zeros_like(q, jnp.float32), jnp.zeros(bias_sum_shape, jnp.float32))
-    (dq, d_bias_sum), (dk, dv, d_bias_blocks) = lax.scan(step, init, jnp.arange(k.shape[0] // cfg.block))
-    d_bias_out: jax.Array | None = None
-    if bias is not None:
-        # Per-block gradients (blocks, *lead, block) join into (*lead, blocks * block).
-        joined = jnp.moveaxis(d_bias_blocks, 0, -2).reshape(bias.shape) if bias_blocked else d_bias_sum
-        d_bias_out = joined.astype(bias.dtype)
+    def one(xs: tuple[jax.Array, ...]) -> Any:
+        i, *head_items = xs
+        b, kv, g = i // (kv_heads * groups), (i // groups) % kv_heads, i % groups
+        kv_items = (lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(x, b, 0, False), kv, 0, False) for x in per_kv)
+        return fn(b, kv, g, *head_items, *kv_items)
+
+    stacked = lax.map(one, (jnp.arange(batch * kv_heads * groups), *(_flat(x, 3) for x in per_head)))
+    return jax.tree.map(lambda x: x.reshape(batch, kv_heads, groups, *x.shape[1:]), stacked)
+
+
+def _items_bwd(cfg: _Config, residuals: _Residuals, d_out: jax.Array) -> tuple[jax.Array | None, ...]:
+    q, k, v, bias, mask, seeds, threshold, inv_keep, out, shift, inv_total = residuals
+    batch, kv_heads, groups = q.shape[:3]
+
+    def one(b: jax.Array, kv: jax.Array, g: jax.Array, *arrays: Any) -> Any:
+        q_i, out_i, shift_i, inv_total_i, d_out_i, k_i, v_i, *parts = arrays
+        seeds_i, row0, bias_i, mask_i = _item_context(cfg, seeds, bias, mask, tuple(parts), b, kv * groups + g)
+        return _item_backward(
+            cfg, q_i, k_i, v_i, bias_i, mask_i, seeds_i, threshold, inv_keep, row0, out_i, shift_i, inv_total_i, d_out_i
+        )
+
+    per_head = (q, out, shift, inv_total, d_out)
+    if cfg.schedule == "loop":
+        # One item after another; each adds its key, value and bias gradients
+        # where its part lies: no per-item copies of them.
+        def step(carry: tuple[Any, ...], xs: tuple[jax.Array, ...]) -> tuple[tuple[Any, ...], jax.Array]:
+            dk, dv, d_bias = carry
+            i, *head_items = xs
+            b, kv, g = i // (kv_heads * groups), (i // groups) % kv_heads, i % groups
+            k_i, v_i = (
+                lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(x, b, 0, False), kv, 0, False) for x in (k, v)
+            )
+            dq_i, dk_i, dv_i, d_bias_i = one(b, kv, g, *head_items, k_i, v_i)
+            dk = _add_tile(dk, dk_i[None, None], (b, kv, 0, 0))
+            dv = _add_tile(dv, dv_i[None, None], (b, kv, 0, 0))
+            if bias is not None:
+                d_bias = _add_tile(d_bias, d_bias_i[None, None], (b, kv * groups + g, 0, 0))
+            return (dk, dv, d_bias), dq_i
+
+        init = (
+            jnp.zeros_like(k, jnp.float32),
+            jnp.zeros_like(v, jnp.float32),
+            None if bias is None else jnp.zeros_like(bias, jnp.float32),
+        )
+        items = (jnp.arange(batch * kv_heads * groups), *(_flat(x, 3) for x in per_head))
+        (dk, dv, d_bias), dq = lax.scan(step, init, items)
+        dq = dq.reshape(q.shape)
+    else:
+        dq, dk, dv, d_bias = _over_items(cfg, one, per_head, (k, v), bias, mask)
+        dk, dv = dk.sum(axis=2), dv.sum(axis=2)  # over the query heads that share a kv head
+        if bias is not None:  # summed over the item axes along which the bias is shared
+            d_bias = _sum_to(d_bias.reshape(batch, kv_heads * groups, *d_bias.shape[3:]), bias.shape)
     return (
-        (dq * cfg.scale).astype(q.dtype),
-        dk.reshape(k.shape).astype(k.dtype),
-        dv.reshape(v.shape).astype(v.dtype),
-        d_bias_out,
-        None,
-        None,
+        dq.astype(q.dtype),
+        dk.astype(k.dtype),
+        dv.astype(v.dtype),
+        None if bias is None else d_bias.astype(bias.dtype),  # type: ignore[union-attr]
+        None,  # the mask, the generator's words, the threshold and 1 / keep: no gradients
         None,
         None,
         None,
     )
 
 
-_blocked_attention.defvjp(_blocked_fwd, _blocked_bwd)
+_attention_items.defvjp(_items_fwd, _items_bwd)
+
+
+def _add_tile(total: jax.Array, tile: jax.Array, starts: tuple[jax.Array | int, ...]) -> jax.Array:
+    """``total`` with ``tile`` added at ``starts`` (in place, in the loop); an axis of size 1 starts at 0."""
+    starts = tuple(0 if size == 1 else start for size, start in zip(total.shape, starts, strict=True))
+    current = lax.dynamic_slice(total, starts, tile.shape)
+    return lax.dynamic_update_slice(total, current + tile, starts)
 
 
 def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -291,20 +524,22 @@ def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return x.sum(axis=axes, keepdims=True) if axes else x
 
 
-def _first_mask_row(index: jax.Array, batch: tuple[int, ...], shared: frozenset[int], cfg: _Config) -> jax.Array:
-    """The dropout mask's row counter of a batch element's (head 0, query 0), from its flat batch ``index``.
+def _row_strides(
+    batch: tuple[int, ...], n: int, t: int, shared: frozenset[int]
+) -> tuple[tuple[tuple[int, int, int], ...], int]:
+    """How an item's first dropout-mask row follows from its flat batch index and head.
 
-    Rows count row-major over the mask's shape, whose batch axes in ``shared``
-    have size 1: the element's index along those axes does not count.
+    Rows count row-major over the mask's (..., N, T) axes, which have size 1
+    along the ``shared`` axes: an item's index along those does not count.
+    Returns (divisor, size, stride) per batch axis and the head's stride.
     """
-    index = index.astype(jnp.uint32)
-    row, stride = jnp.zeros((), jnp.uint32), 1
-    for axis in reversed(range(len(batch))):
-        index, position = index // jnp.uint32(batch[axis]), index % jnp.uint32(batch[axis])
-        if axis not in shared:
-            row, stride = row + position * jnp.uint32(stride), stride * batch[axis]
-    first: jax.Array = row * jnp.uint32(cfg.mask_heads * cfg.mask_queries)
-    return first
+    lead = (*batch, n, t)
+    sizes = [1 if axis in shared else size for axis, size in enumerate(lead)]
+    strides = [math.prod(sizes[axis + 1 :]) if axis not in shared else 0 for axis in range(len(lead))]
+    batch_strides = tuple(
+        (math.prod(batch[axis + 1 :]), batch[axis], strides[axis]) for axis in range(len(batch)) if strides[axis]
+    )
+    return batch_strides, strides[len(batch)]
 
 
 def _check_broadcastable(x: jax.Array, shape: tuple[int, ...], name: str) -> None:
@@ -368,6 +603,188 @@ def _jax_nn_attention(
     return out.reshape(q.shape)
 
 
+def _tile_sizes(
+    block_size: int | tuple[int, int] | None, t: int, s: int, schedule: Literal["loop", "vmap"]
+) -> tuple[int, int]:
+    """(queries, keys) per tile from ``block_size`` (checked), at most (T, S)."""
+    default = DEFAULT_TILES[schedule]
+    if block_size is None:
+        q_block, k_block = default
+    elif isinstance(block_size, tuple):
+        if len(block_size) != 2:
+            raise ValueError(f"block_size must be an int or a pair (queries, keys) of ints >= 1, got {block_size!r}.")
+        for size in block_size:
+            _check_count(size, "block_size")
+        q_block, k_block = block_size
+    else:
+        _check_count(block_size, "block_size")
+        q_block, k_block = default[0], block_size
+    return min(int(q_block), max(t, 1)), min(int(k_block), max(s, 1))
+
+
+def _check_counters(weights: tuple[int, ...], shared: frozenset[int], key_shape: tuple[int, ...]) -> None:
+    """The mask's rows and columns must fit the generator's 32-bit counters, and there must be a key."""
+    mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
+    if math.prod(mask_shape[:-1]) >= MAX_COUNTER or weights[-1] >= MAX_COUNTER:
+        raise ValueError(
+            f"the attention weights' shape {weights} is too large for the mask generator's 32-bit counters."
+        )
+    if weights[-1] == 0:
+        raise ValueError(f"key and value must have at least one position (S >= 1), got shape {key_shape}.")
+
+
+def _pad(x: jax.Array | None, axis: int, size: int) -> jax.Array | None:
+    """``x`` padded with zeros (False for a mask) to ``size`` along ``axis``, unless that axis is broadcast (1)."""
+    if x is None or x.shape[axis] in (1, size):
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _four_d(x: jax.Array | None, batch: tuple[int, ...]) -> tuple[jax.Array | None, tuple[bool, bool]]:
+    """A bias or mask as (B or 1, N or 1, T or 1, S or 1), batch axes joined; and whether it varies along B, N."""
+    if x is None:
+        return None, (False, False)
+    x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
+    lead, rest = x.shape[: len(batch)], x.shape[len(batch) :]
+    shared_by_batch = all(size == 1 for size in lead)
+    x = x.reshape(1, *rest) if shared_by_batch else jnp.broadcast_to(x, batch + rest).reshape(-1, *rest)
+    return x, (x.shape[0] != 1, x.shape[1] != 1)
+
+
+def _dropout_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    *,
+    seeds: jax.Array,
+    threshold: jax.Array,
+    inv_keep: jax.Array,
+    shared: frozenset[int],
+    scale: float,
+    is_causal: bool,
+    block_size: int | tuple[int, int] | None,
+    masked_logit: float = -math.inf,
+    head_seeds: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """The dropout path on checked inputs: what :func:`dot_product_attention` and the Flax and Equinox swaps share.
+
+    ``q`` (..., T, N, H), ``k`` (..., S, K, H) and ``v`` (..., S, K, Hv) of one
+    dtype; ``bias`` and ``mask`` (bool) broadcastable to the weights
+    (..., N, T, S); ``shared``, the weights' axes along which the dropout mask
+    is shared; ``seeds`` the generator's key words (words,), or with
+    ``head_seeds`` one set per head, (N, words), each head's mask then counting
+    its own rows from 0; ``masked_logit`` and ``precision`` as in :class:`_Config`.
+    """
+    *batch_list, t, n, h = q.shape
+    s, kv_heads, hv = v.shape[-3:]
+    batch = tuple(batch_list)
+    weights = (*batch, n, t, s)
+    mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
+    schedule = _schedule()
+    q_block, k_block = _tile_sizes(block_size, t, s, schedule)
+    t_padded, s_padded = -(-t // q_block) * q_block, -(-s // k_block) * k_block
+    # Queries and keys padded to whole tiles: padded keys never attend, padded queries are cut off.
+    bias4, bias_items = _four_d(_pad(_pad(bias, -1, s_padded), -2, t_padded), batch)
+    mask4, mask_items = _four_d(_pad(_pad(mask, -1, s_padded), -2, t_padded), batch)
+    row_strides, head_stride = _row_strides(batch, n, t, shared)
+    cfg = _Config(
+        scale=scale,
+        is_causal=is_causal,
+        length=s,
+        q_block=q_block,
+        k_block=k_block,
+        mask_queries=mask_shape[-2] != 1,
+        mask_columns=mask_shape[-1] != 1,
+        masked_logit=masked_logit,
+        precision=precision,
+        # A row that no key is left to spreads its weight over all keys under a
+        # finite masked_logit, causally masked ones too: then every tile counts.
+        skip_causal=is_causal and (math.isinf(masked_logit) or mask is None),
+        heads=n,
+        bias_items=bias_items,
+        mask_items=mask_items,
+        schedule=schedule,
+        # With head_seeds each head's mask is its own, from row 0.
+        row_strides=() if head_seeds else row_strides,
+        head_stride=0 if head_seeds else head_stride,
+    )
+    groups = n // kv_heads
+    # Items (batch, kv head, group): q (B, K, G, nq, Tq, H), k and v (B, K, S, H). One reshape per
+    # split or join, as explicit sharding of the batch and the heads follows those but not combinations.
+    q4 = _pad(q, -3, t_padded).reshape(-1, t_padded, n, h)  # type: ignore[union-attr]
+    q_items = q4.reshape(-1, t_padded, kv_heads, groups, h).transpose(0, 2, 3, 1, 4)
+    q_items = q_items.reshape(*q_items.shape[:3], t_padded // q_block, q_block, h)
+
+    def kv_items(x: jax.Array) -> jax.Array:
+        x = _pad(x, -3, s_padded).reshape(-1, s_padded, kv_heads, x.shape[-1])  # type: ignore[union-attr]
+        return x.transpose(0, 2, 1, 3)
+
+    item_shape = (q_items.shape[0], kv_heads, groups)
+    out = _attention_items(cfg, q_items, kv_items(k), kv_items(v), bias4, mask4, seeds, threshold, inv_keep)
+    out = out.reshape(*item_shape, t_padded, hv).transpose(0, 3, 1, 2, 4)
+    out = out.reshape(-1, t_padded, kv_heads * groups, hv)[:, :t]
+    return out.reshape(*batch, t, n, hv)
+
+
+def _checked_attention_inputs(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    bias: ArrayLike | None,
+    mask: ArrayLike | None,
+    *,
+    value_head: bool = False,
+    any_mask: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """The inputs as arrays, their shapes and dtypes checked; ``mask`` as bool.
+
+    ``value_head``: the value's head size may differ from the key's (Flax,
+    Equinox). ``any_mask``: a mask of any dtype, nonzero meaning attend (as
+    Flax and Equinox read it); otherwise it must be bool.
+    """
+    q, k, v = (x if isinstance(x, jax.Array) else jnp.asarray(x) for x in (query, key, value))
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        _check_floating(x, name)
+    if q.ndim < 3:
+        raise ValueError(f"query must have shape (..., T, N, H), got shape {q.shape}.")
+    value_fits = v.shape[:-1] == k.shape[:-1] if value_head else v.shape == k.shape
+    if not value_fits:
+        what = "batch axes, length and heads" if value_head else "shape"
+        raise ValueError(f"key and value must have the same {what} (..., S, K, H), got {k.shape} and {v.shape}.")
+    if k.ndim != q.ndim or k.shape[:-3] != q.shape[:-3]:
+        raise ValueError(
+            f"key must have query's batch axes: query has shape {q.shape} (..., T, N, H), key {k.shape} (..., S, K, H)."
+        )
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"query and key must have the same head size H, got {q.shape[-1]} and {k.shape[-1]}.")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"query, key and value must have the same dtype, got {q.dtype}, {k.dtype} and {v.dtype}.")
+    *batch, t, n, _ = q.shape
+    kv_heads = k.shape[-2]
+    if kv_heads == 0 or n % kv_heads:
+        raise ValueError(f"query's heads N={n} must be a multiple of key's and value's heads K={kv_heads}.")
+    weights = (*batch, n, t, k.shape[-3])
+    if bias is not None:
+        bias = bias if isinstance(bias, jax.Array) else jnp.asarray(bias)
+        _check_floating(bias, "bias")
+        _check_broadcastable(bias, weights, "bias")
+    if mask is not None:
+        mask = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
+        if any_mask and mask.dtype != jnp.bool_:
+            if not (jnp.issubdtype(mask.dtype, jnp.number)):
+                raise TypeError(f"mask must be a bool or numeric array (nonzero means attend), got dtype {mask.dtype}.")
+            mask = mask != 0
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"mask must be a bool array (True means attend), got dtype {mask.dtype}.")
+        _check_broadcastable(mask, weights, "mask")
+    return q, k, v, bias, mask
+
+
 def dot_product_attention(
     query: ArrayLike,
     key: ArrayLike,
@@ -406,11 +823,12 @@ def dot_product_attention(
     have no ``out_sharding``).
 
     The weights are never held for all keys at once: an online softmax
-    (running maximum and sum, as FlashAttention) runs over blocks of
-    ``block_size`` keys, and the backward pass (a ``jax.custom_vjp``)
-    recomputes each block's weights from ``query``, ``key`` and the saved
-    logsumexp and regenerates its dropout mask, so the residuals are the
-    inputs, the output and the logsumexp: O(T N (H + 1)) per batch element.
+    (running maximum and sum, as FlashAttention) runs over tiles of queries
+    and keys, and the backward pass (a ``jax.custom_vjp``) recomputes each
+    tile's weights from ``query``, ``key`` and two saved statistics per row
+    and regenerates its dropout mask, so the residuals are the inputs, the
+    output and those statistics: O(T N (H + 2)) per batch element. With
+    ``is_causal`` the tiles above the diagonal are skipped.
     Softmax statistics are float32; products take the inputs' dtype with
     float32 accumulation, as ``jax.nn.dot_product_attention``. Reverse mode
     only: forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) of the
@@ -439,8 +857,9 @@ def dot_product_attention(
       is_causal: if True, query ``t`` attends keys ``0..t`` (``jax.nn``'s convention).
       scale: the logits' scale; defaults to ``1 / sqrt(H)``.
       deterministic: if True, no dropout (evaluation).
-      block_size: keys per block, at least 1; None picks ``min(S, 512)``.
-        Only memory and speed depend on it.
+      block_size: keys per tile (an int), or a pair (queries, keys) per tile,
+        each at least 1; None picks (1024, 128) on one CPU device and
+        (128, 128) elsewhere, at most (T, S). Only memory and speed depend on it.
       implementation: passed to ``jax.nn.dot_product_attention`` on the fast
         path (dropout off); the dropout path is the same XLA code everywhere.
 
@@ -466,36 +885,11 @@ def dot_product_attention(
       >>> out.shape
       (2, 5, 4, 8)
     """
-    q, k, v = (x if isinstance(x, jax.Array) else jnp.asarray(x) for x in (query, key, value))
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        _check_floating(x, name)
-    if q.ndim < 3:
-        raise ValueError(f"query must have shape (..., T, N, H), got shape {q.shape}.")
-    if k.shape != v.shape:
-        raise ValueError(f"key and value must have the same shape (..., S, K, H), got {k.shape} and {v.shape}.")
-    if k.ndim != q.ndim or k.shape[:-3] != q.shape[:-3]:
-        raise ValueError(
-            f"key must have query's batch axes: query has shape {q.shape} (..., T, N, H), key {k.shape} (..., S, K, H)."
-        )
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"query and key must have the same head size H, got {q.shape[-1]} and {k.shape[-1]}.")
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"query, key and value must have the same dtype, got {q.dtype}, {k.dtype} and {v.dtype}.")
+    q, k, v, bias, mask = _checked_attention_inputs(query, key, value, bias, mask)
     *batch_list, t, n, h = q.shape
-    s, kv_heads = k.shape[-3], k.shape[-2]
-    if kv_heads == 0 or n % kv_heads:
-        raise ValueError(f"query's heads N={n} must be a multiple of key's and value's heads K={kv_heads}.")
+    s = k.shape[-3]
     batch = tuple(batch_list)
     weights = (*batch, n, t, s)
-    if bias is not None:
-        bias = bias if isinstance(bias, jax.Array) else jnp.asarray(bias)
-        _check_floating(bias, "bias")
-        _check_broadcastable(bias, weights, "bias")
-    if mask is not None:
-        mask = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be a bool array (True means attend), got dtype {mask.dtype}.")
-        _check_broadcastable(mask, weights, "mask")
     if not isinstance(is_causal, bool | np.bool_):
         raise TypeError(f"is_causal must be a Python bool, got {type(is_causal).__name__}.")
     if scale is None:
@@ -505,7 +899,7 @@ def dot_product_attention(
         if scale_value is None:
             raise TypeError("scale must be a concrete real number (it is static), got a traced value.")
     if block_size is not None:
-        _check_count(block_size, "block_size")
+        _tile_sizes(block_size, t, s, "loop")  # checked now, before any work
     if implementation not in (None, "xla", "cudnn"):
         raise ValueError(f"implementation must be None, 'xla' or 'cudnn', got {implementation!r}.")
     _check_deterministic(deterministic)
@@ -514,51 +908,19 @@ def dot_product_attention(
     if deterministic or concrete_keep_prob == 1.0:
         return _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), implementation)
     typed_key = _as_key(dropout_key, "dropout_key", or_else=OR_DETERMINISTIC)
-    mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
-    if math.prod(mask_shape[:-1]) >= MAX_COUNTER or s >= MAX_COUNTER:
-        raise ValueError(
-            f"the attention weights' shape {weights} is too large for the mask generator's 32-bit counters."
-        )
-    if s == 0:
-        raise ValueError(f"key and value must have at least one position (S >= 1), got shape {k.shape}.")
-
-    block = min(block_size or DEFAULT_BLOCK_SIZE, s)
-    padded = -(-s // block) * block  # keys padded with masked-out positions to whole blocks
-
-    def pad_keys(x: jax.Array | None, axis: int) -> jax.Array | None:
-        if x is None or padded == s or x.shape[axis] == 1:
-            return x
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, padded - s)
-        return jnp.pad(x, widths)  # zeros, and False for the mask: never attended
-
-    seeds = seeds_of(typed_key)  # the only draw from dropout_key
+    _check_counters(weights, shared, k.shape)
     threshold, effective = _threshold_and_effective(keep_prob)
-    inv_keep = 1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective)  # a traced 0.0 drops everything
-    cfg = _Config(
+    return _dropout_attention(
+        q,
+        k,
+        v,
+        bias,
+        mask,
+        seeds=seeds_of(typed_key),  # the only draw from dropout_key
+        threshold=threshold,
+        inv_keep=1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective),  # a traced 0.0 drops everything
+        shared=shared,
         scale=float(scale_value),
         is_causal=bool(is_causal),
-        length=s,
-        block=block,
-        mask_heads=mask_shape[-3],
-        mask_queries=mask_shape[-2],
-        mask_columns=mask_shape[-1] != 1,
+        block_size=block_size,
     )
-    flat_bias, bias_axis = _flatten_batch(pad_keys(bias, -1), batch)
-    flat_mask, mask_axis = _flatten_batch(pad_keys(mask, -1), batch)
-
-    def per_example(
-        q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None
-    ) -> jax.Array:
-        # The element's first mask row, from its batch index: no (B,) table of rows to build and map.
-        row0 = _first_mask_row(lax.axis_index("batch"), batch, shared, cfg)
-        return _blocked_attention(cfg, q, k, v, bias, mask, seeds, threshold, inv_keep, row0)
-
-    out = jax.vmap(per_example, in_axes=(0, 0, 0, bias_axis, mask_axis), axis_name="batch")(
-        q.reshape(-1, t, n, h),
-        pad_keys(k, -3).reshape(-1, padded, kv_heads, h),  # type: ignore[union-attr]
-        pad_keys(v, -3).reshape(-1, padded, kv_heads, h),  # type: ignore[union-attr]
-        flat_bias,
-        flat_mask,
-    )
-    return out.reshape(q.shape)

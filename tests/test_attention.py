@@ -445,3 +445,59 @@ def test_sharded_inputs_give_the_unsharded_result():
     assert done.returncode == 0, done.stderr[-5000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results == dict.fromkeys(("batch x heads", "queries", "keys", "explicit batch x heads"), True), results
+
+
+class ScheduleTest(chex.TestCase):
+    """The loop schedule (one CPU device) and the vmap one (GPU, several devices) give the same values."""
+
+    @parameterized.named_parameters(("bias_full_causal", "bias_full_causal"), ("gqa_shared_heads", "gqa_shared_heads"))
+    def test_vmap_schedule_equals_loop_schedule(self, name):
+        import jdrop._attention as attention_module
+
+        (q, k, v, bias, mask), options, block_size = case_arrays(name)
+        if bias is None:
+            bias = jnp.zeros((1,) * q.ndim, jnp.float32)
+
+        def run():
+            def loss(q, k, v, bias, key):
+                out = jdrop.dot_product_attention(
+                    q, k, v, bias, mask, dropout_key=key, keep_prob=0.7, block_size=(4, block_size), **options
+                )
+                return (out**2).sum(), out
+
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, bias, jax.random.key(2))
+
+        loop_grads, loop_out = run()
+        original = attention_module._schedule
+        attention_module._schedule = lambda: "vmap"
+        try:
+            vmap_grads, vmap_out = run()
+        finally:
+            attention_module._schedule = original
+        np.testing.assert_array_equal(vmap_out != 0.0, loop_out != 0.0)
+        chex.assert_trees_all_close((vmap_out, vmap_grads), (loop_out, loop_grads), rtol=1e-5, atol=1e-5)
+
+    def test_query_tiles_change_nothing_but_rounding(self):
+        (q, k, v, bias, mask), options, _ = case_arrays("causal_t_ne_s_random_mask")
+        key = jax.random.key(4)
+        expected = materialised(q, k, v, bias, mask, dropout_key=key, keep_prob=0.7, **options)
+        for tiles in ((1, 5), (5, 3), (12, 20), (64, 64)):
+            out = jdrop.dot_product_attention(
+                q, k, v, bias, mask, dropout_key=jax.random.clone(key), keep_prob=0.7, block_size=tiles, **options
+            )
+            np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, 20, 0.7), err_msg=str(tiles))
+
+    def test_rows_masked_by_a_large_bias_have_exact_gradients(self):
+        # A bias of -1e9 on a whole row: its logsumexp, -1e9 + log(S), would round log(S) away
+        # (float32 spacing at 1e9 is 64), so the backward keeps the row's shift and sum apart.
+        q, k, v = inputs((1,), 6, 10, 2, 2, 4)
+        bias = jnp.zeros((1, 2, 6, 10)).at[0, 1, 3].set(-1e9)
+        cotangent = jax.random.normal(jax.random.key(1), q.shape)
+
+        def loss(f, **kwargs):
+            return lambda q, k, v: jnp.vdot(cotangent, f(q, k, v, bias, dropout_key=jax.random.key(0), **kwargs))
+
+        ours = jax.grad(loss(jdrop.dot_product_attention, keep_prob=0.8, block_size=(2, 4)), (0, 1, 2))(q, k, v)
+        expected = jax.grad(loss(materialised, keep_prob=0.8), (0, 1, 2))(q, k, v)
+        for got, want in zip(ours, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=64 * 10 * EPS32 * float(jnp.max(jnp.abs(want))))
