@@ -18,23 +18,28 @@ knows the hosts' conventions but imports neither Flax nor Equinox
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jdrop._attention import _check_counters, _checked_attention_inputs, _dropout_attention
 from jdrop._checks import (
     KeyLike,
+    _as_key,
     _check_broadcast_dims,
     _check_floating,
     _check_keep_logit,
     _check_positive,
     _check_rate,
 )
+from jdrop._dropout import _threshold_and_effective, dropout
+from jdrop._generator import seeds_of
 from jdrop._variants import concrete_dropout
 
 _T = TypeVar("_T")
@@ -299,3 +304,145 @@ def _concrete_dropout_in_module(
     if _host_flag(deterministic, host.switch):
         return inputs
     return concrete_dropout(key_fn(), _promoted(array), logit, temperature=temperature, broadcast_dims=axes)
+
+
+def _attention_rate(dropout_rate: object, deterministic: object) -> float | None:
+    """The attention functions' switch, as Flax reads it: the rate when dropout is applied, else None.
+
+    Flax applies attention dropout when ``not deterministic and dropout_rate > 0``,
+    and tests ``dropout_rate == 0.0`` while tracing, so the rate is concrete.
+
+    Raises:
+      TypeError: if ``dropout_rate`` is not a concrete real number, or
+        ``deterministic`` is not read as a bool.
+      ValueError: if ``dropout_rate`` is outside [0, 1].
+    """
+    rate = _check_rate(dropout_rate, "dropout_rate")  # type: ignore[arg-type]
+    if rate is None:
+        raise TypeError(
+            "dropout_rate must be a concrete real number in [0, 1], got a traced value: Flax's attention decides "
+            "between its fast and its dropout path from it while tracing."
+        )
+    if _host_flag(deterministic, "deterministic") or rate == 0.0:
+        return None
+    return rate
+
+
+def _flax_dropout_axes(ndim: int, broadcast_dropout: object) -> frozenset[int]:
+    """The weights' axes along which Flax's attention dropout mask is shared: batch and heads, or none."""
+    return frozenset(range(ndim - 2)) if _host_flag(broadcast_dropout, "broadcast_dropout") else frozenset()
+
+
+def _keep_threshold(rate: float) -> tuple[jax.Array, jax.Array]:
+    """The mask's threshold and 1 / keep for a drop ``rate`` in (0, 1]; rate 1 drops every weight."""
+    if rate == 1.0:  # zeros, the limit (Flax's keep / 0 gives NaN)
+        return jnp.uint32(0), jnp.float32(1.0)
+    threshold, effective = _threshold_and_effective(1.0 - rate)
+    return threshold, 1.0 / effective
+
+
+def _flax_weights_dropout(
+    dropout_rng: KeyLike | None, weights: jax.Array, rate: float, broadcast_dropout: object
+) -> jax.Array:
+    """Dropout on materialised attention weights, with the mask the memory-light path regenerates."""
+    key = _as_key(dropout_rng, "dropout_rng", or_else=_OR_NO_ATTENTION_DROPOUT)
+    if rate == 1.0:
+        return jnp.zeros_like(weights)
+    axes = tuple(sorted(_flax_dropout_axes(weights.ndim, broadcast_dropout)))
+    return dropout(key, weights, 1.0 - rate, broadcast_dims=axes)
+
+
+_OR_NO_ATTENTION_DROPOUT = "set deterministic=True (or dropout_rate=0.0) for no attention dropout"
+
+
+def _flax_attention_dropout(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: ArrayLike | None,
+    mask: ArrayLike | None,
+    *,
+    dropout_rng: KeyLike | None,
+    rate: float,
+    broadcast_dropout: object,
+    precision: Any,
+    is_causal: bool = False,
+) -> jax.Array:
+    """Flax's attention with dropout on, memory-light: what ``jdrop.nnx`` and ``jdrop.linen`` share.
+
+    Flax's conventions: a mask of any dtype, nonzero meaning attend; a row
+    with no key left spreads its weight uniformly over all keys (Flax's
+    ``finfo.min`` logits); scale ``1 / sqrt(H)``; the dropout mask
+    ``jdrop.dropout_mask(dropout_rng, s, 1 - rate)`` for ``s`` Flax's dropout
+    shape. ``query``, ``key`` and ``value`` are already promoted to one dtype.
+    """
+    q, k, v, bias_array, mask_array = _checked_attention_inputs(
+        query, key, value, bias, mask, value_head=True, any_mask=True
+    )
+    typed_key = _as_key(dropout_rng, "dropout_rng", or_else=_OR_NO_ATTENTION_DROPOUT)
+    shared = _flax_dropout_axes(q.ndim, broadcast_dropout)
+    weights = (*q.shape[:-3], q.shape[-2], q.shape[-3], k.shape[-3])
+    _check_counters(weights, shared, k.shape)
+    threshold, inv_keep = _keep_threshold(rate)
+    return _dropout_attention(
+        q,
+        k,
+        v,
+        bias_array,
+        mask_array,
+        seeds=seeds_of(typed_key),
+        threshold=threshold,
+        inv_keep=inv_keep,
+        shared=shared,
+        scale=1.0 / math.sqrt(q.shape[-1]),
+        is_causal=bool(is_causal),
+        block_size=None,
+        masked_logit=float(np.finfo(np.float32).min),
+        precision=precision,
+    )
+
+
+def _equinox_attention_dropout(
+    query_heads: jax.Array,
+    key_heads: jax.Array,
+    value_heads: jax.Array,
+    mask: jax.Array | None,
+    *,
+    key: KeyLike,
+    rate: ArrayLike,
+    concrete_rate: float | None,
+) -> jax.Array:
+    """Equinox's per-head attention with dropout on, memory-light: (T, N, vo) from its (…, N, …) heads.
+
+    Equinox's conventions: one key per head (``jax.random.split(key, N)``),
+    head ``n``'s mask ``jdrop.dropout_mask(keys[n], (T, S), 1 - rate)``; a mask
+    of shape (T, S) or (N, T, S), nonzero meaning attend; a fully masked row
+    spreads its weight over all keys; scale ``1 / sqrt(qk_size)``.
+    """
+    q, k, v, _, mask_array = _checked_attention_inputs(
+        query_heads, key_heads, value_heads, None, mask, value_head=True, any_mask=True
+    )
+    heads = q.shape[-2]
+    head_keys = jax.random.split(_as_key(key, "key"), heads)
+    if concrete_rate is not None:
+        threshold, inv_keep = _keep_threshold(concrete_rate)
+    else:  # a traced p (an array field) gets no gradient, as in Equinox
+        threshold, effective = _threshold_and_effective(1.0 - jax.lax.stop_gradient(rate))
+        inv_keep = 1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective)
+    _check_counters((heads, q.shape[0], k.shape[0]), frozenset(), k.shape)
+    return _dropout_attention(
+        q,
+        k,
+        v,
+        None,
+        mask_array,
+        seeds=jax.vmap(seeds_of)(head_keys),
+        threshold=threshold,
+        inv_keep=inv_keep,
+        shared=frozenset(),
+        scale=1.0 / math.sqrt(q.shape[-1]),
+        is_causal=False,
+        block_size=None,
+        masked_logit=float(np.finfo(np.float32).min),
+        head_seeds=True,
+    )

@@ -27,14 +27,18 @@ over the batch with one key per example), so :class:`DropPath` defaults to
 DropPath layers see the batch and default to ``mode="row"``, one decision
 per example there.
 
+For attention, :class:`MultiheadAttention` is ``eqx.nn.MultiheadAttention``
+with jdrop's attention dropout, computed in tiles that never hold the (T, S)
+weights: change the class name and nothing else.
+
 Importing this module imports Equinox; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -45,6 +49,7 @@ from jdrop._adapters import (
     EQUINOX,
     _concrete_dropout_in_module,
     _dropout_at_rate,
+    _equinox_attention_dropout,
     _host_axes,
     _host_flag,
     _key_source,
@@ -54,7 +59,7 @@ from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
-__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
+__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "MultiheadAttention"]
 
 
 def _constructor_flags(inference: object, deterministic: object) -> tuple[bool, bool | None]:
@@ -450,3 +455,157 @@ class ConcreteDropout(eqx.nn.Dropout):
             broadcast_dims=self.broadcast_dims,
             host=EQUINOX,
         )
+
+
+class MultiheadAttention(eqx.nn.MultiheadAttention):
+    r"""``equinox.nn.MultiheadAttention`` with jdrop's memory-light attention dropout.
+
+    The constructor and the call of Equinox's, and the same module (it *is*
+    an ``eqx.nn.MultiheadAttention``, whose ``dropout`` is a
+    :class:`jdrop.equinox.Dropout`), so changing the class name is the whole
+    change. For a given key the result equals, up to float rounding,
+    Equinox's module with its ``dropout`` replaced by
+    :class:`jdrop.equinox.Dropout`: Equinox splits ``key`` once per head, so
+    head ``n``'s mask is ``jdrop.dropout_mask(jax.random.split(key, N)[n],
+    (T, S), 1 - dropout_p)``. It is computed by the tiles of
+    :func:`jdrop.dot_product_attention`: the (T, S) weights are never held, and
+    the backward pass regenerates the masks. A row with every key masked out
+    spreads its weight over all keys, as in Equinox (its ``finfo.min`` logits).
+    Softmax statistics are float32.
+
+    In inference (``inference=True``, ``eqx.nn.inference_mode``) or with
+    ``dropout_p == 0`` the call is Equinox's own, without a key.
+
+    Args:
+      num_heads: the number of heads N.
+      query_size: the query's channels.
+      key_size: the key's channels (default ``query_size``).
+      value_size: the value's channels (default ``query_size``).
+      output_size: the output's channels (default ``query_size``).
+      qk_size: channels per head for the query-key product (default ``query_size // num_heads``).
+      vo_size: channels per head for the value-output product (default ``query_size // num_heads``).
+      use_query_bias: a bias in the query projection.
+      use_key_bias: a bias in the key projection.
+      use_value_bias: a bias in the value projection.
+      use_output_bias: a bias in the output projection.
+      dropout_p: the probability of dropping an attention weight, in [0, 1].
+      inference: if true, no dropout (toggle with ``eqx.nn.inference_mode``).
+      dtype: the parameters' dtype.
+      key: the PRNG key for the parameters' initialisation (keyword only).
+
+    Raises:
+      ValueError: if ``dropout_p`` is outside [0, 1] (Equinox accepts it).
+      TypeError: if ``dropout_p`` is not a real number, or ``inference`` is not read as a bool.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jdrop.equinox
+      >>> attention = jdrop.equinox.MultiheadAttention(2, 8, dropout_p=0.1, key=jax.random.key(0))
+      >>> x = jnp.ones((5, 8))
+      >>> attention(x, x, x, key=jax.random.key(1)).shape
+      (5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        query_size: int,
+        key_size: int | None = None,
+        value_size: int | None = None,
+        output_size: int | None = None,
+        qk_size: int | None = None,
+        vo_size: int | None = None,
+        use_query_bias: bool = False,
+        use_key_bias: bool = False,
+        use_value_bias: bool = False,
+        use_output_bias: bool = False,
+        dropout_p: float = 0.0,
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        key: jax.Array,
+    ) -> None:
+        _check_rate(dropout_p, "dropout_p")  # before anything is built
+        super().__init__(
+            num_heads, query_size, key_size, value_size, output_size, qk_size, vo_size, use_query_bias,
+            use_key_bias, use_value_bias, use_output_bias, dropout_p, inference, dtype, key=key,
+        )  # fmt: skip
+        self.dropout = Dropout(dropout_p, inference=inference)
+
+    def __call__(
+        self,
+        query: jax.Array,
+        key_: jax.Array,
+        value: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        key: KeyLike | None = None,
+        inference: bool | None = None,
+        deterministic: bool | None = None,
+        process_heads: Callable[..., tuple[jax.Array, jax.Array, jax.Array]] | None = None,
+    ) -> jax.Array:
+        """Multi-head attention of ``query`` (T, query_size) over ``key_`` and ``value`` (S, ...), as Equinox's.
+
+        Args:
+          query: (T, query_size) queries.
+          key_: (S, key_size) keys.
+          value: (S, value_size) values.
+          mask: optional (T, S) or (N, T, S) array: nonzero (True) means attend.
+          key: the PRNG key for dropout; needed when dropout is on.
+          inference: overrides ``self.dropout.inference`` if given.
+          deterministic: deprecated alternative to ``inference``, as in Equinox.
+          process_heads: as Equinox's: a function of the (query, key, value)
+            heads that returns new heads of the same shapes (e.g. rotary embeddings).
+
+        Returns:
+          (T, output_size) output.
+
+        Raises:
+          RuntimeError: if ``key`` is None while dropout is on (as Equinox).
+          ValueError: if the shapes do not fit (as Equinox).
+        """
+        if deterministic is not None:
+            # Equinox's warning, word for word.
+            message = (
+                "MultiheadAttention()(deterministic=...) is deprecated in favour of MultiheadAttention()(inference=...)"
+            )
+            warnings.warn(message, stacklevel=2)
+            inference = deterministic
+        switch = _host_flag(self.dropout.inference if inference is None else inference, "inference")
+        rate = _check_rate(self.dropout.p, "p")
+        if switch or rate == 0.0:
+            own: jax.Array = super().__call__(query, key_, value, mask, inference=True, process_heads=process_heads)
+            return own
+        q_length, _ = query.shape
+        kv_length, _ = key_.shape
+        if kv_length != value.shape[0]:
+            raise ValueError("key and value must both be sequences of equal length.")
+        # Equinox's projections: (length, N, channels per head).
+        query_heads = jax.vmap(self.query_proj)(query).reshape(q_length, self.num_heads, -1)
+        key_heads = jax.vmap(self.key_proj)(key_).reshape(kv_length, self.num_heads, -1)
+        value_heads = jax.vmap(self.value_proj)(value).reshape(kv_length, self.num_heads, -1)
+        if process_heads is not None:
+            shapes = (query_heads.shape, key_heads.shape, value_heads.shape)
+            query_heads, key_heads, value_heads = process_heads(query_heads, key_heads, value_heads)
+            if (query_heads.shape, key_heads.shape, value_heads.shape) != shapes:
+                raise ValueError("process_heads must not change the shape of the heads.")
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            per_head = mask.shape[1:] if mask.ndim == 3 else mask.shape
+            if per_head != (q_length, kv_length) or (mask.ndim == 3 and mask.shape[0] != self.num_heads):
+                raise ValueError(
+                    f"mask must have shape (query_seq_length, kv_seq_length)=({q_length}, {kv_length}) or "
+                    f"(num_heads, {q_length}, {kv_length}), got {mask.shape}."
+                )
+        if key is None:
+            raise RuntimeError(
+                f"{type(self).__module__}.{type(self).__qualname__} needs a key when dropout is active: call it with "
+                "key=jax.random.key(...) (a fresh one each call), or set inference=True (eqx.nn.inference_mode) for "
+                "evaluation."
+            )
+        out = _equinox_attention_dropout(
+            query_heads, key_heads, value_heads, mask, key=key, rate=self.dropout.p, concrete_rate=rate
+        )
+        projected: jax.Array = jax.vmap(self.output_proj)(out.reshape(q_length, -1))
+        return projected

@@ -21,13 +21,20 @@ concrete dropout classes of the three hosts have one interface: the host's
 name for the initial rate (``rate`` here), :attr:`~ConcreteDropout.keep_prob`
 and :meth:`~ConcreteDropout.regularizer`.
 
+For attention, :func:`dot_product_attention` has the signature of
+``flax.linen.dot_product_attention``: pass it as
+``linen.MultiHeadDotProductAttention(..., attention_fn=jdrop.linen.dot_product_attention)``
+and the attention weights' dropout is jdrop's, computed in tiles that never
+hold the (T, S) weights.
+
 Importing this module imports Flax; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +43,11 @@ from jax.typing import ArrayLike
 
 from jdrop._adapters import (
     FLAX,
+    _attention_rate,
     _concrete_dropout_in_module,
     _dropout_at_rate,
+    _flax_attention_dropout,
+    _flax_weights_dropout,
     _host_axes,
     _host_flag,
     _no_broadcast_dims,
@@ -46,7 +56,7 @@ from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
-__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
+__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "dot_product_attention"]
 
 
 def _check_deterministic_attribute(deterministic: object) -> None:
@@ -448,3 +458,126 @@ class ConcreteDropout(linen.Dropout):
             broadcast_dims=self.broadcast_dims,
             host=FLAX,
         )
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Any = None,
+    precision: Any = None,
+    module: linen.Module | None = None,
+    force_fp32_for_softmax: bool = False,
+    einsum_dot_general: Callable[..., jax.Array] | None = None,
+    qk_attn_weights_einsum: Callable[..., jax.Array] | None = None,
+    attn_weights_value_einsum: Callable[..., jax.Array] | None = None,
+) -> jax.Array:
+    r"""``flax.linen.dot_product_attention`` with jdrop's memory-light attention dropout.
+
+    The same signature as Flax's, so that
+    ``linen.MultiHeadDotProductAttention(..., attention_fn=jdrop.linen.dot_product_attention)``
+    is the whole change. With dropout on (``deterministic`` false and
+    ``dropout_rate > 0``) the result is, up to float rounding, Flax's formula
+    with its bernoulli mask replaced by
+    ``jdrop.dropout_mask(dropout_rng, s, 1 - dropout_rate)`` for ``s`` Flax's
+    dropout shape (``(1, ..., 1, T, S)`` with ``broadcast_dropout``), as
+    :func:`jdrop.nnx.dot_product_attention` describes: computed in tiles, the
+    (T, S) weights never held, the mask regenerated in the backward pass.
+    Softmax statistics are float32, whatever ``force_fp32_for_softmax``.
+    ``dropout_rate=1.0`` gives zeros (Flax's ``keep / 0`` gives NaN).
+
+    With dropout off this *is* ``flax.linen.dot_product_attention``. With
+    ``module`` (sowing the weights into ``intermediates``) or custom products
+    (``einsum_dot_general``, ``qk_attn_weights_einsum`` and
+    ``attn_weights_value_einsum``, e.g. quantised ones), the weights are
+    materialised by Flax's ``dot_product_attention_weights`` with those
+    products, sown before dropout as Flax sows them, and dropped with the
+    same mask.
+
+    Args:
+      query: (..., T, N, H) queries.
+      key: (..., S, N, H) keys.
+      value: (..., S, N, Hv) values.
+      bias: optional, broadcastable to (..., N, T, S), added to the logits.
+      mask: optional, broadcastable to (..., N, T, S): nonzero (True) means attend.
+      broadcast_dropout: share the dropout mask across the batch and head axes.
+      dropout_rng: the PRNG key for the dropout mask; needed when dropout is on.
+      dropout_rate: the probability of dropping a weight, a concrete number in [0, 1].
+      deterministic: if true, no dropout; anything Flax reads as a bool.
+      dtype: the computation's dtype (``flax.linen.dtypes.promote_dtype``).
+      precision: passed to every product, as Flax's.
+      module: the module that sows the (pre-dropout) weights, or None.
+      force_fp32_for_softmax: as Flax's; the memory-light path always uses float32.
+      einsum_dot_general: as Flax's: the products' ``dot_general``.
+      qk_attn_weights_einsum: as Flax's: the query-key product.
+      attn_weights_value_einsum: as Flax's: the weights-value product.
+
+    Returns:
+      (..., T, N, Hv) attention output in the promoted dtype.
+
+    Raises:
+      ValueError: if ``dropout_rate`` is outside [0, 1], ``dropout_rng`` is
+        missing while dropout is on, the shapes do not fit (the heads of
+        ``query``, ``key`` and ``value`` differ, as Flax requires), or the
+        custom products are combined as Flax refuses.
+      TypeError: if ``dropout_rate`` is traced or not a number, or
+        ``deterministic`` or ``broadcast_dropout`` is not read as a bool.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from flax import linen
+      >>> import jdrop.linen
+      >>> layer = linen.MultiHeadDotProductAttention(
+      ...     num_heads=2, dropout_rate=0.1, deterministic=False,
+      ...     attention_fn=jdrop.linen.dot_product_attention)
+      >>> x = jnp.ones((3, 5, 8))
+      >>> params = layer.init(jax.random.key(0), x)
+      >>> layer.apply(params, x, rngs={"dropout": jax.random.key(1)}).shape
+      (3, 5, 8)
+    """
+    rate = _attention_rate(dropout_rate, deterministic)
+    _host_flag(broadcast_dropout, "broadcast_dropout")
+    custom = einsum_dot_general is not None or qk_attn_weights_einsum is not None
+    if rate is None:
+        return linen.dot_product_attention(  # type: ignore[no-any-return]
+            query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic, dtype,
+            precision, module, force_fp32_for_softmax, einsum_dot_general, qk_attn_weights_einsum,
+            attn_weights_value_einsum,
+        )  # fmt: skip
+    # Flax's own checks of the custom products, with its messages.
+    if (qk_attn_weights_einsum is None) != (attn_weights_value_einsum is None):
+        raise ValueError("qk_attn_weights_einsum and attn_weights_value_einsum must be specified together.")
+    if (precision or einsum_dot_general) and qk_attn_weights_einsum:
+        raise ValueError(
+            "precision/einsum_dot_general and qk_attn_weights_einsum/attn_weights_value_einsum are mutually "
+            "exclusive. Please specify only one of them."
+        )
+    query, key, value = linen.dtypes.promote_dtype(query, key, value, dtype=dtype)
+    if not query.shape[-2] == key.shape[-2] == value.shape[-2]:
+        raise ValueError(
+            f"query, key and value must have the same number of heads (as Flax linen's attention requires), got "
+            f"{query.shape[-2]}, {key.shape[-2]} and {value.shape[-2]}."
+        )
+    if module is None and not custom:
+        return _flax_attention_dropout(
+            query, key, value, bias, mask, dropout_rng=dropout_rng, rate=rate,
+            broadcast_dropout=broadcast_dropout, precision=precision,
+        )  # fmt: skip
+    # Sowing or custom products need the weights: Flax's, before dropout, then jdrop's mask on them.
+    weights = linen.dot_product_attention_weights(
+        query, key, bias, mask, broadcast_dropout, None, 0.0, True, dtype, precision, module,
+        force_fp32_for_softmax, einsum_dot_general=einsum_dot_general, einsum=qk_attn_weights_einsum,
+    )  # fmt: skip
+    weights = _flax_weights_dropout(dropout_rng, weights, rate, broadcast_dropout)
+    if attn_weights_value_einsum is None:
+        attn_weights_value_einsum = functools.partial(
+            jnp.einsum, precision=precision, _dot_general=einsum_dot_general or jax.lax.dot_general
+        )
+    return attn_weights_value_einsum("...hqk,...khd->...qhd", weights, value)

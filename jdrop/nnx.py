@@ -22,24 +22,35 @@ classes of the three hosts have one interface: the host's name for the
 initial rate (``rate`` here), :attr:`~ConcreteDropout.keep_prob` and
 :meth:`~ConcreteDropout.regularizer`.
 
+For attention, :func:`dot_product_attention` has the signature of
+``flax.nnx.dot_product_attention``: pass it as
+``nnx.MultiHeadAttention(..., attention_fn=jdrop.nnx.dot_product_attention)``
+and the attention weights' dropout is jdrop's, computed in tiles that never
+hold the (T, S) weights.
+
 Importing this module imports Flax; ``import jdrop`` does not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
+from flax.nnx.nn.attention import dot_product_attention_weights
 from jax.typing import ArrayLike
 
 from jdrop._adapters import (
     FLAX,
+    _attention_rate,
     _concrete_dropout_in_module,
     _dropout_at_rate,
     _first_from,
+    _flax_attention_dropout,
+    _flax_weights_dropout,
     _host_axes,
     _host_flag,
     _no_broadcast_dims,
@@ -48,7 +59,7 @@ from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
-__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout"]
+__all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "dot_product_attention"]
 
 #: What ``rngs`` may be in a call: Flax's key sources.
 CallRngs = nnx.Rngs | nnx.RngStream | jax.Array | None
@@ -514,3 +525,107 @@ class ConcreteDropout(nnx.Dropout):
             broadcast_dims=self.broadcast_dims,
             host=FLAX,
         )
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Any = None,
+    precision: Any = None,
+    module: nnx.Module | None = None,
+    promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
+    is_causal: bool = False,
+) -> jax.Array:
+    r"""``flax.nnx.dot_product_attention`` with jdrop's memory-light attention dropout.
+
+    The same signature as Flax's, so that
+    ``nnx.MultiHeadAttention(..., attention_fn=jdrop.nnx.dot_product_attention)``
+    is the whole change. With dropout on (``deterministic`` false and
+    ``dropout_rate > 0``) the result is, up to float rounding, Flax's formula
+    with its bernoulli mask replaced by jdrop's:
+
+    .. code-block:: python
+
+        w = softmax(q . k / sqrt(H) + bias, masked to finfo.min where mask is 0)
+        out = einsum("...hqk,...khd->...qhd", jdrop.dropout(dropout_rng, w, 1 - dropout_rate,
+                     broadcast_dims=batch and head axes if broadcast_dropout else ()), v)
+
+    that is, the mask is ``jdrop.dropout_mask(dropout_rng, s, 1 - dropout_rate)``
+    for ``s`` Flax's dropout shape (``(1, ..., 1, T, S)`` with
+    ``broadcast_dropout``), computed by :func:`jdrop.dot_product_attention`'s
+    tiles: the (T, S) weights are never held, and the backward pass
+    regenerates the mask. A row with every key masked out spreads its weight
+    over all keys, as in Flax. Softmax statistics are float32.
+    ``dropout_rate=1.0`` gives zeros (Flax's ``keep / 0`` gives NaN).
+
+    With dropout off this *is* ``flax.nnx.dot_product_attention`` (its fast
+    path, ``jax.nn.dot_product_attention``, when ``module`` is None). With
+    ``module`` (sowing the weights into ``nnx.Intermediate``), the weights are
+    materialised by Flax's ``dot_product_attention_weights`` and sown before
+    dropout, as Flax sows them, then dropped with the same mask as above.
+
+    Args:
+      query: (..., T, N, H) queries.
+      key: (..., S, K, H) keys; N a multiple of K (grouped-query attention).
+      value: (..., S, K, Hv) values.
+      bias: optional, broadcastable to (..., N, T, S), added to the logits.
+      mask: optional, broadcastable to (..., N, T, S): nonzero (True) means attend.
+      broadcast_dropout: share the dropout mask across the batch and head axes.
+      dropout_rng: the PRNG key for the dropout mask; needed when dropout is on.
+      dropout_rate: the probability of dropping a weight, a concrete number in [0, 1].
+      deterministic: if true, no dropout; anything Flax reads as a bool.
+      dtype: the computation's dtype, as Flax's (``promote_dtype``).
+      precision: passed to every product, as Flax's.
+      module: the module that sows the (pre-dropout) weights, or None.
+      promote_dtype: Flax's dtype promotion of ``(query, key, value)``.
+      is_causal: if true, query ``t`` attends keys ``0..t``.
+
+    Returns:
+      (..., T, N, Hv) attention output in the promoted dtype.
+
+    Raises:
+      ValueError: if ``dropout_rate`` is outside [0, 1], ``dropout_rng`` is
+        missing while dropout is on, or the shapes do not fit.
+      TypeError: if ``dropout_rate`` is traced or not a number, or
+        ``deterministic`` or ``broadcast_dropout`` is not read as a bool.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jdrop.nnx
+      >>> layer = nnx.MultiHeadAttention(
+      ...     num_heads=2, in_features=8, dropout_rate=0.1, decode=False, deterministic=False,
+      ...     attention_fn=jdrop.nnx.dot_product_attention, rngs=nnx.Rngs(0, dropout=1))
+      >>> layer(jnp.ones((3, 5, 8))).shape
+      (3, 5, 8)
+    """
+    rate = _attention_rate(dropout_rate, deterministic)
+    _host_flag(broadcast_dropout, "broadcast_dropout")
+    if rate is None:
+        return nnx.dot_product_attention(  # type: ignore[no-any-return]
+            query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic, dtype,
+            precision, module, promote_dtype, is_causal,
+        )  # fmt: skip
+    query, key, value = promote_dtype((query, key, value), dtype=dtype)
+    if module is None:
+        return _flax_attention_dropout(
+            query, key, value, bias, mask, dropout_rng=dropout_rng, rate=rate,
+            broadcast_dropout=broadcast_dropout, precision=precision, is_causal=is_causal,
+        )  # fmt: skip
+    # Sowing needs the weights: Flax's, before dropout, then jdrop's mask on them.
+    weights = dot_product_attention_weights(
+        query, key, bias, mask, broadcast_dropout, None, 0.0, True, dtype, precision, module, promote_dtype, is_causal
+    )
+    weights = _flax_weights_dropout(dropout_rng, weights, rate, broadcast_dropout)
+    q_heads, kv_heads = weights.shape[-3], value.shape[-2]
+    grouped = weights.reshape(*weights.shape[:-3], kv_heads, q_heads // kv_heads, *weights.shape[-2:])
+    out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value, precision=precision)  # Flax's grouped product
+    return out.reshape(*out.shape[:-3], q_heads, out.shape[-1])
