@@ -367,3 +367,18 @@ def test_sharded_swap_gives_the_unsharded_result_without_collectives():
     done = subprocess.run([sys.executable, "-c", SHARDING_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-5000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"equal": True, "collectives": []}
+
+
+def test_each_swap_consumes_its_key_once():
+    # The key-reuse checker is on (conftest): a second call with the same key is caught.
+    (q, k, v, _, _), _ = case("ragged_t_ne_s")
+    for attention in (jdrop.nnx.dot_product_attention, jdrop.linen.dot_product_attention):
+        rng = jax.random.key(0)
+        attention(q, k, v, dropout_rng=rng, dropout_rate=0.3)
+        with pytest.raises(jax.errors.KeyReuseError):
+            attention(q, k, v, dropout_rng=rng, dropout_rate=0.3)
+    module = jdrop.equinox.MultiheadAttention(2, 8, dropout_p=0.3, key=jax.random.key(1))
+    x, key = jnp.ones((5, 8)), jax.random.key(2)
+    module(x, x, x, key=key)
+    with pytest.raises(jax.errors.KeyReuseError):
+        module(x, x, x, key=key)
