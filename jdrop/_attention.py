@@ -861,7 +861,7 @@ def dot_product_attention(
         each at least 1; None picks (1024, 128) on one CPU device and
         (128, 128) elsewhere, at most (T, S). Only memory and speed depend on it.
       implementation: passed to ``jax.nn.dot_product_attention`` on the fast
-        path (dropout off); the dropout path is the same XLA code everywhere.
+        path (dropout off); the dropout path is jdrop's own XLA code on every backend.
 
     Returns:
       The attention output, of ``query``'s shape and dtype.

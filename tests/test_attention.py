@@ -219,7 +219,7 @@ class BlockTest(chex.TestCase):
         assert temp_bytes(large, True) / temp_bytes(small, True) < 4.5
         assert temp_bytes(large, False) / temp_bytes(small, False) > 6.0
 
-    def test_residuals_are_inputs_output_and_logsumexp(self):
+    def test_residuals_are_inputs_output_and_row_statistics(self):
         q, k, v = inputs((1,), 40, 48, 2, 2, 4)
         bias = jax.random.normal(jax.random.key(4), (1, 1, 40, 1))
         _, vjp = jax.vjp(
