@@ -124,14 +124,17 @@ def _tile_logits(
     if bias is not None:
         logits = logits + _slice(_slice(bias, 0, q_start, tq), 1, k_start, cfg.k_block).astype(jnp.float32)
     col = k_start + lax.broadcasted_iota(jnp.int32, (1, cfg.k_block), 1)
+    padded = cfg.length % cfg.k_block != 0
     inside = col < cfg.length  # padded keys never attend
     allowed = inside
     if mask is not None:
         allowed = allowed & _slice(_slice(mask, 0, q_start, tq), 1, k_start, cfg.k_block)
     if cfg.is_causal:  # jax.nn's convention: query t attends keys 0..t
         allowed = allowed & (col <= q_start + lax.broadcasted_iota(jnp.int32, (tq, 1), 0))
+    if not (padded or mask is not None or cfg.is_causal):
+        return logits, allowed  # every key attends: no select to pay for
     logits = jnp.where(allowed, logits, jnp.float32(cfg.masked_logit))
-    if not math.isinf(cfg.masked_logit):
+    if padded and not math.isinf(cfg.masked_logit):
         logits = jnp.where(inside, logits, -jnp.inf)
     return logits, allowed
 
