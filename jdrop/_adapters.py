@@ -13,6 +13,10 @@ knows the hosts' conventions but imports neither Flax nor Equinox
 * the key, asked for only when noise is drawn and only after every argument
   has been checked, so that a host's RNG stream advances exactly when the
   host's own Dropout would advance it, and never for a call that fails.
+* the attention swaps' conventions: Flax's switch (``dropout_rate`` and
+  ``deterministic``) and dropout shape (``broadcast_dropout``), Equinox's
+  key per head, and both hosts' rule that a row with no key left spreads its
+  weight over all keys; the tiled computation itself is :mod:`jdrop._attention`'s.
 """
 
 from __future__ import annotations
