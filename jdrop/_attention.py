@@ -298,13 +298,22 @@ def _item_backward(
     return dq, dk * jnp.float32(cfg.scale), dv, d_bias
 
 
+def _at(x: jax.Array, b: jax.Array | int, n: jax.Array | int) -> jax.Array:
+    """``x[b, n]``, with traced indices along its two leading axes."""
+    row: jax.Array = lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(x, b, 0, keepdims=False), n, 0, keepdims=False)
+    return row
+
+
+def _flat_item(i: jax.Array, kv_heads: int, groups: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The (batch, kv head, group) of the loop schedule's flat item ``i``; its query head is ``kv * groups + g``."""
+    return i // (kv_heads * groups), (i // groups) % kv_heads, i % groups
+
+
 def _item_part(x: jax.Array | None, varies: tuple[bool, bool], b: jax.Array, n: jax.Array) -> jax.Array | None:
     """Item (batch ``b``, head ``n``)'s (T or 1, S or 1) part of a bias or mask (B or 1, N or 1, T or 1, S or 1)."""
     if x is None:
         return None
-    x = lax.dynamic_index_in_dim(x, b if varies[0] else 0, 0, keepdims=False)
-    part: jax.Array = lax.dynamic_index_in_dim(x, n if varies[1] else 0, 0, keepdims=False)
-    return part
+    return _at(x, b if varies[0] else 0, n if varies[1] else 0)
 
 
 def _item_leading(x: jax.Array | None, varies: tuple[bool, bool], kv_heads: int) -> jax.Array | None:
@@ -449,9 +458,8 @@ def _over_items(
 
     def one(xs: tuple[jax.Array, ...]) -> Any:
         i, *head_items = xs
-        b, kv, g = i // (kv_heads * groups), (i // groups) % kv_heads, i % groups
-        kv_items = (lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(x, b, 0, False), kv, 0, False) for x in per_kv)
-        return fn(b, kv, g, *head_items, *kv_items)
+        b, kv, g = _flat_item(i, kv_heads, groups)
+        return fn(b, kv, g, *head_items, *(_at(x, b, kv) for x in per_kv))
 
     stacked = lax.map(one, (jnp.arange(batch * kv_heads * groups), *(_flat(x, 3) for x in per_head)))
     return jax.tree.map(lambda x: x.reshape(batch, kv_heads, groups, *x.shape[1:]), stacked)
@@ -475,11 +483,8 @@ def _items_bwd(cfg: _Config, residuals: _Residuals, d_out: jax.Array) -> tuple[j
         def step(carry: tuple[Any, ...], xs: tuple[jax.Array, ...]) -> tuple[tuple[Any, ...], jax.Array]:
             dk, dv, d_bias = carry
             i, *head_items = xs
-            b, kv, g = i // (kv_heads * groups), (i // groups) % kv_heads, i % groups
-            k_i, v_i = (
-                lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(x, b, 0, False), kv, 0, False) for x in (k, v)
-            )
-            dq_i, dk_i, dv_i, d_bias_i = one(b, kv, g, *head_items, k_i, v_i)
+            b, kv, g = _flat_item(i, kv_heads, groups)
+            dq_i, dk_i, dv_i, d_bias_i = one(b, kv, g, *head_items, _at(k, b, kv), _at(v, b, kv))
             dk = _add_tile(dk, dk_i[None, None], (b, kv, 0, 0))
             dv = _add_tile(dv, dv_i[None, None], (b, kv, 0, 0))
             if bias is not None:
@@ -552,19 +557,6 @@ def _check_broadcastable(x: jax.Array, shape: tuple[int, ...], name: str) -> Non
         )
 
 
-def _flatten_batch(x: jax.Array | None, batch: tuple[int, ...]) -> tuple[jax.Array | None, int | None]:
-    """A bias or mask as (B, n, t, s), B the flattened batch, and vmap's in_axes 0.
-
-    Or as (n, t, s) and in_axes None when it has no batch axes of size above 1.
-    """
-    if x is None:
-        return None, None
-    x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
-    if all(size == 1 for size in x.shape[: len(batch)]):
-        return x.reshape(x.shape[len(batch) :]), None
-    return jnp.broadcast_to(x, batch + x.shape[len(batch) :]).reshape(-1, *x.shape[len(batch) :]), 0
-
-
 def _jax_nn_attention(
     q: jax.Array,
     k: jax.Array,
@@ -578,11 +570,8 @@ def _jax_nn_attention(
 ) -> jax.Array:
     """The fast path: ``jax.nn.dot_product_attention`` on the batch flattened to one axis, fully masked rows zeroed."""
 
-    def four_d(x: jax.Array | None) -> jax.Array | None:  # jax.nn takes bias and mask as (B or 1, N, T, S)
-        flat = _flatten_batch(x, batch)[0]
-        return None if flat is None else flat.reshape((1,) * (4 - flat.ndim) + flat.shape)
-
-    bias4, mask4 = four_d(bias), four_d(mask)
+    # jax.nn takes bias and mask as (B or 1, N or 1, T or 1, S or 1).
+    bias4, mask4 = _four_d(bias, batch)[0], _four_d(mask, batch)[0]
     if bias4 is not None and implementation != "cudnn":
         bias4 = bias4.astype(jnp.float32)  # XLA's path adds it to float32 logits, which strict promotion requires
     out = jax.nn.dot_product_attention(
