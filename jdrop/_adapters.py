@@ -310,15 +310,16 @@ def _concrete_dropout_in_module(
     return concrete_dropout(key_fn(), _promoted(array), logit, temperature=temperature, broadcast_dims=axes)
 
 
-def _attention_rate(dropout_rate: object, deterministic: object) -> float | None:
-    """The attention functions' switch, as Flax reads it: the rate when dropout is applied, else None.
+def _attention_rate(dropout_rate: object, deterministic: object, broadcast_dropout: object) -> float | None:
+    """The Flax attention functions' switches, checked: the rate when dropout is applied, else None.
 
     Flax applies attention dropout when ``not deterministic and dropout_rate > 0``,
     and tests ``dropout_rate == 0.0`` while tracing, so the rate is concrete.
+    ``broadcast_dropout`` is checked too, before either path runs.
 
     Raises:
       TypeError: if ``dropout_rate`` is not a concrete real number, or
-        ``deterministic`` is not read as a bool.
+        ``deterministic`` or ``broadcast_dropout`` is not read as a bool.
       ValueError: if ``dropout_rate`` is outside [0, 1].
     """
     rate = _check_rate(dropout_rate, "dropout_rate")  # type: ignore[arg-type]
@@ -327,9 +328,9 @@ def _attention_rate(dropout_rate: object, deterministic: object) -> float | None
             "dropout_rate must be a concrete real number in [0, 1], got a traced value: Flax's attention decides "
             "between its fast and its dropout path from it while tracing."
         )
-    if _host_flag(deterministic, "deterministic") or rate == 0.0:
-        return None
-    return rate
+    off = _host_flag(deterministic, "deterministic") or rate == 0.0
+    _host_flag(broadcast_dropout, "broadcast_dropout")
+    return None if off else rate
 
 
 def _flax_dropout_axes(ndim: int, broadcast_dropout: object) -> frozenset[int]:

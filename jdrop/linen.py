@@ -542,8 +542,7 @@ def dot_product_attention(
       >>> layer.apply(params, x, rngs={"dropout": jax.random.key(1)}).shape
       (3, 5, 8)
     """
-    rate = _attention_rate(dropout_rate, deterministic)
-    _host_flag(broadcast_dropout, "broadcast_dropout")
+    rate = _attention_rate(dropout_rate, deterministic, broadcast_dropout)
     custom = einsum_dot_general is not None or qk_attn_weights_einsum is not None
     if rate is None:
         return linen.dot_product_attention(  # type: ignore[no-any-return]

@@ -607,8 +607,7 @@ def dot_product_attention(
       >>> layer(jnp.ones((3, 5, 8))).shape
       (3, 5, 8)
     """
-    rate = _attention_rate(dropout_rate, deterministic)
-    _host_flag(broadcast_dropout, "broadcast_dropout")
+    rate = _attention_rate(dropout_rate, deterministic, broadcast_dropout)
     if rate is None:
         return nnx.dot_product_attention(  # type: ignore[no-any-return]
             query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic, dtype,
