@@ -1,12 +1,28 @@
 """Checks that need 8 devices. Run by tests/test_parallel.py in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (the rest of the suite keeps one device);
-prints one JSON object."""
+prints one JSON object. :func:`run_on_host_devices` is how the tests start such subprocesses."""
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def run_on_host_devices(args: list[str], devices: int) -> dict:
+    """``python *args`` in a subprocess with ``devices`` CPU devices; its last line of output, as JSON.
+
+    The checkout and this folder come first on the path, so the subprocess tests
+    this jdrop and can import this module.
+    """
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here.parent), str(here), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def same_mask_and_close(out: object, expected: object) -> bool:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from multidevice_checks import run_on_host_devices
 
 import jdrop
 
@@ -432,18 +433,7 @@ print(json.dumps(results))
 
 
 def test_sharded_inputs_give_the_unsharded_result():
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", SHARDING_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-5000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_on_host_devices(["-c", SHARDING_CHECK], 4)
     assert results == dict.fromkeys(("batch x heads", "queries", "keys", "explicit batch x heads"), True), results
 
 

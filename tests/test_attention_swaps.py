@@ -17,6 +17,7 @@ import pytest
 from absl.testing import parameterized
 from flax import linen, nnx
 from flax.nnx.nn.attention import dot_product_attention_weights as nnx_weights
+from multidevice_checks import run_on_host_devices
 
 import jdrop
 import jdrop._attention
@@ -326,6 +327,7 @@ class EquinoxTest(chex.TestCase):
 SHARDING_CHECK = r"""
 import json, re
 import jax, jax.numpy as jnp, numpy as np
+from multidevice_checks import COLLECTIVES
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jdrop.nnx
 
@@ -345,7 +347,7 @@ expected = [forward(q, k, v, jax.random.key(0)), *backward(q, k, v, jax.random.k
 spec = NamedSharding(mesh, P("a", None, "b"))
 qs, ks, vs = (jax.device_put(x, spec) for x in (q, k, v))
 got = [forward(qs, ks, vs, jax.random.key(0)), *backward(qs, ks, vs, jax.random.key(0))]
-collective = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter")
+collective = re.compile("|".join(COLLECTIVES))
 hlo = "".join(f.lower(qs, ks, vs, jax.random.key(0)).compile().as_text() for f in (forward, backward))
 print(json.dumps({
     "equal": all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, expected)),
@@ -355,18 +357,7 @@ print(json.dumps({
 
 
 def test_sharded_swap_gives_the_unsharded_result_without_collectives():
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", SHARDING_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-5000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"equal": True, "collectives": []}
+    assert run_on_host_devices(["-c", SHARDING_CHECK], 4) == {"equal": True, "collectives": []}
 
 
 def test_each_swap_consumes_its_key_once():

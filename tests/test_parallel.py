@@ -1,29 +1,21 @@
 """Tests for jdrop._parallel and sharding: 8 CPU devices, in a subprocess."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from multidevice_checks import run_on_host_devices
 
 import jdrop
 
 CHECKS = Path(__file__).with_name("multidevice_checks.py")
-ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ("batch", "features", "2-D mesh 4x2", "2-D mesh 2x4")
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-5000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_host_devices([str(CHECKS)], 8)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
