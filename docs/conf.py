@@ -1,7 +1,9 @@
 """Sphinx configuration for jdrop's documentation.
 
 Build: ``pip install -e ".[docs]" && sphinx-build -W --keep-going -b html docs docs/_build/html``.
-The build needs no network: there is no intersphinx, and every page is local.
+Neither the build nor the built site needs a network: there is no intersphinx, every page is
+local, and the math renderer (MathJax, from the ``sphinx-mathjax-offline`` package) is copied
+into the site's ``_static/mathjax`` rather than loaded from a CDN.
 """
 
 import sphinx.util.inspect
@@ -17,8 +19,14 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # Ships MathJax 3 with the site (_static/mathjax/); must come after sphinx.ext.mathjax.
+    "sphinx-mathjax-offline",
     "myst_parser",
 ]
+
+# The local copy, not sphinx.ext.mathjax's CDN default (set here as well as by the extension, so
+# that no page names the CDN). MyST writes $...$ as the \(...\) that tex-chtml reads.
+mathjax_path = "mathjax/tex-chtml.js"
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
