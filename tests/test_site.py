@@ -70,3 +70,17 @@ def test_math_renderer_ships_with_the_site(site):
     # MathJax's CommonHTML output loads its fonts relative to the script.
     assert list((site / src).parent.glob("output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff"))
     assert r"\(" in page  # a formula MathJax renders
+
+
+def test_copy_button_leaves_out_prompts(site):
+    # sphinx-copybutton copies a block with >>> or ... prompts as its prompt lines without the
+    # prompts (so the API's examples paste and run), and a block without prompts whole.
+    script = (site / "_static" / "copybutton.js").read_text()
+    assert "formatCopyText(text, '>>> |\\\\.\\\\.\\\\. ', true, true, true" in script
+    assert "copybutton.js" in (site / "api" / "jdrop.html").read_text()
+
+
+def test_api_entries_link_to_their_source(site):
+    page = (site / "api" / "jdrop.html").read_text()
+    assert 'href="../_modules/jdrop/_dropout.html#dropout"' in page
+    assert (site / "_modules" / "jdrop" / "_dropout.html").is_file()
