@@ -1,7 +1,9 @@
 """Sphinx configuration for jdrop's documentation.
 
 Build: ``pip install -e ".[docs]" && sphinx-build -W --keep-going -b html docs docs/_build/html``.
-The build needs no network: there is no intersphinx, and every page is local.
+Neither the build nor the built site needs a network: there is no intersphinx, every page is
+local, and the math renderer (MathJax, from the ``sphinx-mathjax-offline`` package) is copied
+into the site's ``_static/mathjax`` rather than loaded from a CDN.
 """
 
 import sphinx.util.inspect
@@ -15,10 +17,26 @@ version = release = jdrop.__version__
 
 extensions = [
     "sphinx.ext.autodoc",
+    # One summary table per module page, linking to the entries below it.
+    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
+    # A [source] link beside every entry: jdrop's source, highlighted, in the site itself.
+    "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
+    # Ships MathJax 3 with the site (_static/mathjax/); must come after sphinx.ext.mathjax.
+    "sphinx-mathjax-offline",
     "myst_parser",
+    "sphinx_copybutton",
 ]
+
+# The copy button copies code as one runs it: without the doctest prompts and the output lines of
+# the API's examples; a block without prompts is copied whole.
+copybutton_prompt_text = r">>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+
+# The local copy, not sphinx.ext.mathjax's CDN default (set here as well as by the extension, so
+# that no page names the CDN). MyST writes $...$ as the \(...\) that tex-chtml reads.
+mathjax_path = "mathjax/tex-chtml.js"
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -32,6 +50,9 @@ myst_heading_anchors = 3
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+
+# The tables link to the entries on the module's page: no page per object.
+autosummary_generate = False
 
 autodoc_member_order = "bysource"
 # Signatures as one calls them, ``dropout(key, x, keep_prob, *, deterministic=False, ...)``; the
@@ -101,6 +122,37 @@ def _class_signature(app, what, name, obj, options, signature, return_annotation
     return None
 
 
+def _public_names() -> set[str]:
+    import importlib
+
+    return {
+        f"{module}.{name}"
+        for module in ("jdrop", "jdrop.nnx", "jdrop.linen", "jdrop.equinox")
+        for name in importlib.import_module(module).__all__
+    } | {"jdrop.nnx", "jdrop.linen", "jdrop.equinox"}
+
+
+def _link_public_names(app, doctree):
+    """Inline code that is exactly a public name, ``jdrop.dropout`` or ``jdrop.nnx.Dropout()``,
+    links to its entry in the API reference, on the guides as in the docstrings."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    public = _public_names()
+    for literal in list(doctree.findall(nodes.literal)):
+        if isinstance(literal.parent, (nodes.reference, addnodes.pending_xref)):
+            continue
+        target = literal.astext().removesuffix("()")
+        if target not in public:
+            continue
+        kind = "mod" if target in {"jdrop.nnx", "jdrop.linen", "jdrop.equinox"} else "obj"
+        xref = addnodes.pending_xref("", refdomain="py", reftype=kind, reftarget=target, refexplicit=True, refwarn=True)
+        literal.replace_self(xref)
+        literal["classes"] = [*literal["classes"], "xref", "py", f"py-{kind}"]
+        xref += literal
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _data_docstring)
     app.connect("autodoc-process-signature", _class_signature)
+    app.connect("doctree-read", _link_public_names)

@@ -1,14 +1,11 @@
-"""Quickstart: jdrop's dropout in an Equinox model, trained with Equinox's own loop.
+"""Quickstart: jdrop's dropout in an Equinox model, in Equinox's own loop.
 
-An MLP classifies MNIST-1D (Greydanus, 2020; generated on this machine by the
-``mnist1d`` package). Everything is ordinary Equinox (``eqx.Module``,
-``eqx.filter_jit``, ``eqx.filter_value_and_grad``, ``jax.vmap`` over the
-examples with one key each, ``eqx.nn.inference_mode`` for evaluation) except
-one line: the dropout layer is ``jdrop.equinox.Dropout`` instead of
-``eqx.nn.Dropout``.
-
-Run ``python examples/quickstart_equinox.py`` (needs ``pip install -e ".[examples]"``);
-set ``QUICKSTART_EPOCHS`` to train for fewer epochs than 50.
+An MLP classifies MNIST-1D (Greydanus, 2020; generated locally by the
+``mnist1d`` package) with ordinary Equinox (``eqx.filter_jit``, ``jax.vmap``
+with a key per example, ``eqx.nn.inference_mode`` to evaluate) except one line:
+the dropout layer is ``jdrop.equinox.Dropout`` instead of ``eqx.nn.Dropout``.
+Run ``python examples/quickstart_equinox.py`` (needs ``pip install -e
+".[examples]"``); ``QUICKSTART_EPOCHS`` sets the epochs (default 50).
 """
 
 import os
@@ -34,9 +31,10 @@ class MLP(eqx.Module):
             eqx.nn.Linear(512, 512, key=key2),
             eqx.nn.Linear(512, 10, key=key3),
         ]
-        self.dropout = jdrop.equinox.Dropout(0.5)  # the one change: was eqx.nn.Dropout(0.5)
+        # the one change: was eqx.nn.Dropout(0.5)
+        self.dropout = jdrop.equinox.Dropout(0.5)
 
-    def __call__(self, x, *, key=None):  # one example; key=None in inference mode
+    def __call__(self, x, *, key=None):  # one example; no key to evaluate
         keys = jax.random.split(key) if key is not None else (None, None)
         for layer, layer_key in zip(self.layers[:-1], keys, strict=True):
             x = self.dropout(jax.nn.relu(layer(x)), key=layer_key)
@@ -46,11 +44,13 @@ class MLP(eqx.Module):
 @eqx.filter_jit
 def train_step(model, opt_state, x, y, key):
     def loss_fn(model):
-        logits = jax.vmap(model)(x, key=jax.random.split(key, len(x)))  # a key per example
+        keys = jax.random.split(key, len(x))  # a key per example
+        logits = jax.vmap(model)(x, key=keys)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+    params = eqx.filter(model, eqx.is_array)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
     return eqx.apply_updates(model, updates), opt_state, loss
 
 
@@ -59,7 +59,8 @@ def accuracy(model, x, y):
     return jnp.mean(jnp.argmax(jax.vmap(model)(x), axis=-1) == y)
 
 
-data = make_dataset(get_dataset_args())  # 4000 train and 1000 test signals of 40 samples, 10 classes
+# 4000 train and 1000 test signals of 40 samples, 10 classes
+data = make_dataset(get_dataset_args())
 x_train, y_train = data["x"].astype(np.float32), data["y"]
 x_test, y_test = data["x_test"].astype(np.float32), data["y_test"]
 
@@ -72,7 +73,8 @@ epochs = int(os.environ.get("QUICKSTART_EPOCHS", "50"))
 for epoch in range(1, epochs + 1):
     for batch in rng.permutation(len(x_train)).reshape(-1, 100):
         key, step_key = jax.random.split(key)
-        model, opt_state, loss = train_step(model, opt_state, x_train[batch], y_train[batch], step_key)
+        x, y = x_train[batch], y_train[batch]
+        model, opt_state, loss = train_step(model, opt_state, x, y, step_key)
     if epoch % 10 == 0 or epoch == epochs:
-        test_accuracy = accuracy(eqx.nn.inference_mode(model), x_test, y_test)  # dropout off
-        print(f"epoch {epoch}: loss {float(loss):.3f}, test accuracy {float(test_accuracy):.3f}")
+        acc = float(accuracy(eqx.nn.inference_mode(model), x_test, y_test))
+        print(f"epoch {epoch}: loss {float(loss):.3f}, test accuracy {acc:.3f}")

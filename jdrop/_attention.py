@@ -800,8 +800,11 @@ def dot_product_attention(
     .. code-block:: python
 
         w = softmax(scale * einsum("...tnh,...snh->...nts", q, k) + bias, where=mask)
-        out = einsum("...nts,...snh->...tnh",
-                     jdrop.dropout(dropout_key, w, keep_prob, broadcast_dims=broadcast_dims), v)
+        out = einsum(
+            "...nts,...snh->...tnh",
+            jdrop.dropout(dropout_key, w, keep_prob, broadcast_dims=broadcast_dims),
+            v,
+        )
 
     with key/value head ``n // (N // K)`` for query head ``n``: the dropout
     mask is ``jdrop.dropout_mask(dropout_key, s, keep_prob)`` for ``s`` the
@@ -872,8 +875,11 @@ def dot_product_attention(
       >>> import jax.numpy as jnp
       >>> import jdrop
       >>> q = jnp.ones((2, 5, 4, 8))  # (batch, T, N, H)
-      >>> kv = jnp.ones((2, 7, 2, 8))  # (batch, S, K, H): two query heads per key/value head
-      >>> out = jdrop.dot_product_attention(q, kv, kv, dropout_key=jax.random.key(0), keep_prob=0.9)
+      >>> # (batch, S, K, H): two query heads per key/value head
+      >>> kv = jnp.ones((2, 7, 2, 8))
+      >>> out = jdrop.dot_product_attention(
+      ...     q, kv, kv, dropout_key=jax.random.key(0), keep_prob=0.9
+      ... )
       >>> out.shape
       (2, 5, 4, 8)
     """

@@ -179,7 +179,9 @@ def mc_predict(
       >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (8, 32, 3))
       >>> x = jnp.ones((5, 8))
-      >>> mc = jdrop.mc_predict(params, x, key=jax.random.key(1), keep_probs=(1.0, 0.5), num_samples=64)
+      >>> mc = jdrop.mc_predict(
+      ...     params, x, key=jax.random.key(1), keep_probs=(1.0, 0.5), num_samples=64
+      ... )
       >>> mc.mean_probs.shape, mc.mutual_information.shape
       ((5, 3), (5,))
       >>> bool(jnp.allclose(mc.mean_probs.sum(-1), 1.0))
@@ -189,7 +191,10 @@ def mc_predict(
 
       >>> def apply_fn(params, x, *, key):
       ...     return jdrop.dropout(key, x, 0.5) @ params["w"]
-      >>> mc = jdrop.mc_predict({"w": jnp.eye(8, 3)}, x, key=jax.random.key(2), num_samples=16, apply_fn=apply_fn)
+      >>> params = {"w": jnp.eye(8, 3)}
+      >>> mc = jdrop.mc_predict(
+      ...     params, x, key=jax.random.key(2), num_samples=16, apply_fn=apply_fn
+      ... )
       >>> mc.mean_probs.shape
       (5, 3)
     """

@@ -196,7 +196,8 @@ def mlp_apply(
       >>> import jdrop
       >>> params = jdrop.mlp_init(jax.random.key(0), (40, 128, 10))
       >>> x = jnp.ones((32, 40))
-      >>> logits = jdrop.mlp_apply(params, x, key=jax.random.key(1), keep_probs=(0.9, 0.5))
+      >>> key = jax.random.key(1)
+      >>> logits = jdrop.mlp_apply(params, x, key=key, keep_probs=(0.9, 0.5))
       >>> logits.shape
       (32, 10)
       >>> jdrop.mlp_apply(params, x, deterministic=True).shape  # evaluation

@@ -367,7 +367,11 @@ def evaluate(
       >>> sorted(metrics)
       ['accuracy', 'cross_entropy']
       >>> linear = {"w": jnp.ones((4, 3))}
-      >>> metrics = jdrop.evaluate(linear, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32), apply_fn=lambda p, x: x @ p["w"])
+      >>> def apply_fn(params, x):
+      ...     return x @ params["w"]
+      >>> metrics = jdrop.evaluate(
+      ...     linear, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32), apply_fn=apply_fn
+      ... )
       >>> float(metrics["accuracy"])  # equal logits: argmax is class 0
       1.0
     """

@@ -161,8 +161,10 @@ def gaussian_dropout(
       >>> import jax
       >>> import jax.numpy as jnp
       >>> import jdrop
-      >>> y = jdrop.gaussian_dropout(jax.random.key(0), jnp.ones((1000,)), keep_prob=0.8)
-      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      >>> x = jnp.ones((1000,))
+      >>> y = jdrop.gaussian_dropout(jax.random.key(0), x, keep_prob=0.8)
+      >>> # mean 1, variance 0.2 / 0.8
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)
       (True, True)
     """
     x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
@@ -356,7 +358,9 @@ def concrete_dropout(
       >>> y = jdrop.concrete_dropout(jax.random.key(0), x, keep_logit)
       >>> round(float(y.mean()), 2)  # ~ 1: kept units are scaled by 1 / p
       1.0
-      >>> grad = jax.grad(lambda l: jnp.var(jdrop.concrete_dropout(jax.random.key(1), x, l)))(keep_logit)
+      >>> def noise(logit):
+      ...     return jnp.var(jdrop.concrete_dropout(jax.random.key(1), x, logit))
+      >>> grad = jax.grad(noise)(keep_logit)
       >>> bool(grad < 0)  # keeping more units reduces the noise
       True
     """
@@ -435,8 +439,11 @@ def concrete_dropout_regularizer(
       >>> import jax.numpy as jnp
       >>> import jdrop
       >>> kernel = jnp.zeros((4, 3))
-      >>> r = jdrop.concrete_dropout_regularizer(0.0, kernel, num_examples=8, length_scale=1.0)
-      >>> round(float(r), 4)  # -4 * log(2) / 8: zero weights, p = 1/2, maximal entropy
+      >>> r = jdrop.concrete_dropout_regularizer(
+      ...     0.0, kernel, num_examples=8, length_scale=1.0
+      ... )
+      >>> # -4 * log(2) / 8: zero weights, p = 1/2, maximal entropy
+      >>> round(float(r), 4)
       -0.3466
     """
     logit = _check_keep_logit(keep_logit)

@@ -198,7 +198,8 @@ class GaussianDropout(Dropout):
       >>> import jdrop.equinox
       >>> layer = jdrop.equinox.GaussianDropout(0.2)
       >>> y = layer(jnp.ones((1000,)), key=jax.random.key(0))
-      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      >>> # mean 1, variance 0.2 / 0.8
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)
       (True, True)
       >>> layer(jnp.ones(3), inference=True).tolist()
       [1.0, 1.0, 1.0]
@@ -281,7 +282,8 @@ class DropPath(Dropout):
       >>> x = jnp.ones((8, 4, 3))  # 8 examples of 4 tokens
       >>> keys = jax.random.split(jax.random.key(0), 8)  # one per example
       >>> y = jax.vmap(lambda x, key: layer(x, key=key))(x, keys)
-      >>> [sorted(set(example.ravel().tolist())) for example in y]  # each example kept whole (x 2) or dropped
+      >>> # each example kept whole (x 2) or dropped
+      >>> [sorted(set(example.ravel().tolist())) for example in y]
       [[0.0], [0.0], [0.0], [0.0], [2.0], [0.0], [2.0], [0.0]]
     """
 
@@ -359,7 +361,10 @@ class ConcreteDropout(eqx.nn.Dropout):
       >>> y = layer(jnp.ones((10_000,)), key=jax.random.key(0))
       >>> round(float(y.mean()), 1)  # kept units are scaled by 1 / keep_prob
       1.0
-      >>> reg = layer.regularizer(jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0)  # add to the loss
+      >>> # the term to add to the loss
+      >>> reg = layer.regularizer(
+      ...     jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0
+      ... )
       >>> layer(jnp.ones(3), inference=True).tolist()
       [1.0, 1.0, 1.0]
     """
@@ -501,7 +506,9 @@ class MultiheadAttention(eqx.nn.MultiheadAttention):
       >>> import jax
       >>> import jax.numpy as jnp
       >>> import jdrop.equinox
-      >>> attention = jdrop.equinox.MultiheadAttention(2, 8, dropout_p=0.1, key=jax.random.key(0))
+      >>> attention = jdrop.equinox.MultiheadAttention(
+      ...     2, 8, dropout_p=0.1, key=jax.random.key(0)
+      ... )
       >>> x = jnp.ones((5, 8))
       >>> attention(x, x, x, key=jax.random.key(1)).shape
       (5, 8)

@@ -98,7 +98,8 @@ class Dropout(linen.Dropout):
       >>> import jdrop.linen
       >>> layer = jdrop.linen.Dropout(rate=0.5)
       >>> x = jnp.ones((2, 4))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+      >>> rngs = {"dropout": jax.random.key(0)}
+      >>> y = layer.apply({}, x, deterministic=False, rngs=rngs)
       >>> sorted(set(y.ravel().tolist()))  # dropped: 0, kept: 1 / 0.5
       [0.0, 2.0]
       >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
@@ -193,8 +194,10 @@ class GaussianDropout(Dropout):
       >>> import jdrop.linen
       >>> layer = jdrop.linen.GaussianDropout(rate=0.2)
       >>> x = jnp.ones((1000,))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      >>> rngs = {"dropout": jax.random.key(0)}
+      >>> y = layer.apply({}, x, deterministic=False, rngs=rngs)
+      >>> # mean 1, variance 0.2 / 0.8
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)
       (True, True)
       >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
       True
@@ -280,7 +283,8 @@ class DropPath(Dropout):
       >>> import jdrop.linen
       >>> layer = jdrop.linen.DropPath(rate=0.5, deterministic=False)
       >>> y = layer.apply({}, jnp.ones((8, 3)), rngs={"dropout": jax.random.key(0)})
-      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
+      >>> # each row kept whole (scaled by 2) or dropped
+      >>> all(len(set(row)) == 1 for row in y.tolist())
       True
       >>> sorted(set(y.ravel().tolist()))
       [0.0, 2.0]
@@ -355,13 +359,19 @@ class ConcreteDropout(linen.Dropout):
       >>> layer = jdrop.linen.ConcreteDropout(rate=0.1)
       >>> x = jnp.ones((10_000,))
       >>> variables = layer.init(jax.random.key(0), x, deterministic=True)
-      >>> round(float(layer.bind(variables).keep_prob), 4)  # the initial value; learned from here on
+      >>> # the initial value; learned from here on
+      >>> round(float(layer.bind(variables).keep_prob), 4)
       0.9
-      >>> y = layer.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+      >>> rngs = {"dropout": jax.random.key(1)}
+      >>> y = layer.apply(variables, x, deterministic=False, rngs=rngs)
       >>> round(float(y.mean()), 1)  # kept units are scaled by 1 / keep_prob
       1.0
       >>> reg = layer.apply(  # add to the loss
-      ...     variables, jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0, method="regularizer"
+      ...     variables,
+      ...     jnp.zeros((4, 3)),
+      ...     num_examples=1000,
+      ...     length_scale=1.0,
+      ...     method="regularizer",
       ... )
       >>> bool(jnp.all(layer.apply(variables, x, deterministic=True) == x))
       True

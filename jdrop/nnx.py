@@ -252,7 +252,8 @@ class GaussianDropout(Dropout):
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.GaussianDropout(0.2, rngs=nnx.Rngs(dropout=0))
       >>> y = layer(jnp.ones((1000,)))
-      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)  # var = 0.2 / 0.8
+      >>> # mean 1, variance 0.2 / 0.8
+      >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)
       (True, True)
       >>> layer.eval()
       >>> layer(jnp.ones(3)).tolist()
@@ -339,7 +340,8 @@ class DropPath(Dropout):
       >>> import jdrop.nnx
       >>> layer = jdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
       >>> y = layer(jnp.ones((8, 3)))
-      >>> all(len(set(row)) == 1 for row in y.tolist())  # each row kept whole (scaled by 2) or dropped
+      >>> # each row kept whole (scaled by 2) or dropped
+      >>> all(len(set(row)) == 1 for row in y.tolist())
       True
       >>> sorted(set(y.ravel().tolist()))
       [0.0, 2.0]
@@ -426,7 +428,10 @@ class ConcreteDropout(nnx.Dropout):
       >>> y = layer(jnp.ones((10_000,)))
       >>> round(float(y.mean()), 1)  # kept units are scaled by 1 / keep_prob
       1.0
-      >>> reg = layer.regularizer(jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0)  # add to the loss
+      >>> # the term to add to the loss
+      >>> reg = layer.regularizer(
+      ...     jnp.zeros((4, 3)), num_examples=1000, length_scale=1.0
+      ... )
       >>> layer.eval()
       >>> layer(jnp.ones(3)).tolist()
       [1.0, 1.0, 1.0]
@@ -554,8 +559,14 @@ def dot_product_attention(
     .. code-block:: python
 
         w = softmax(q . k / sqrt(H) + bias, masked to finfo.min where mask is 0)
-        out = einsum("...hqk,...khd->...qhd", jdrop.dropout(dropout_rng, w, 1 - dropout_rate,
-                     broadcast_dims=batch and head axes if broadcast_dropout else ()), v)
+        out = einsum(
+            "...hqk,...khd->...qhd",
+            jdrop.dropout(
+                dropout_rng, w, 1 - dropout_rate,
+                broadcast_dims=batch and head axes if broadcast_dropout else (),
+            ),
+            v,
+        )
 
     that is, the mask is ``jdrop.dropout_mask(dropout_rng, s, 1 - dropout_rate)``
     for ``s`` Flax's dropout shape (``(1, ..., 1, T, S)`` with
@@ -602,8 +613,11 @@ def dot_product_attention(
       >>> from flax import nnx
       >>> import jdrop.nnx
       >>> layer = nnx.MultiHeadAttention(
-      ...     num_heads=2, in_features=8, dropout_rate=0.1, decode=False, deterministic=False,
-      ...     attention_fn=jdrop.nnx.dot_product_attention, rngs=nnx.Rngs(0, dropout=1))
+      ...     num_heads=2, in_features=8, dropout_rate=0.1,
+      ...     decode=False, deterministic=False,
+      ...     attention_fn=jdrop.nnx.dot_product_attention,
+      ...     rngs=nnx.Rngs(0, dropout=1),
+      ... )
       >>> layer(jnp.ones((3, 5, 8))).shape
       (3, 5, 8)
     """
