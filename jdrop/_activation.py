@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 
 from jdrop._checks import OR_DETERMINISTIC, KeyLike, _as_key, _check_deterministic, _check_floating, _check_keep_prob
 from jdrop._dropout import _draw_mask, _scale_kept, dropout
+from jdrop._generator import draw_sharding
 
 __all__ = ["ACTIVATIONS", "Activation", "activation_dropout"]
 
@@ -147,5 +148,6 @@ def activation_dropout(
         return act(x)
     if not (isinstance(activation, str) and activation in _FUSED):
         return dropout(key, act(x), keep_prob)
-    mask, effective = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), x.shape, keep_prob)
+    typed_key = _as_key(key, or_else=OR_DETERMINISTIC)
+    mask, effective = _draw_mask(typed_key, x.shape, keep_prob, draw_sharding(x, x.shape))
     return _fused(activation, x, mask, effective)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jdrop._checks import (
@@ -36,7 +38,7 @@ from jdrop._checks import (
     _check_shape,
     _compute_dtype,
 )
-from jdrop._generator import uniform16
+from jdrop._generator import Sharding, draw_sharding, uniform16
 
 __all__ = ["dropout", "dropout_mask", "effective_keep_prob"]
 
@@ -108,24 +110,37 @@ def effective_keep_prob(keep_prob: ArrayLike) -> jax.Array:
     return _threshold_and_effective(keep_prob)[1]
 
 
-def _draw_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """The keep-mask for a checked key and keep probability, and the effective keep probability."""
+def _draw_mask(
+    key: jax.Array, shape: tuple[int, ...], keep_prob: ArrayLike, out_sharding: Sharding = None
+) -> tuple[jax.Array, jax.Array]:
+    """The keep-mask for a checked key and keep probability, and the effective keep probability.
+
+    ``out_sharding`` shards the mask (:func:`jdrop._generator.bits32`); the
+    callers that apply it to an array pass :func:`jdrop._generator.draw_sharding`.
+    """
     threshold, effective = _threshold_and_effective(keep_prob)
-    return uniform16(key, shape) < threshold, effective
+    return uniform16(key, shape, out_sharding) < threshold, effective
 
 
-def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> jax.Array:
+def dropout_mask(
+    key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike, *, out_sharding: NamedSharding | P | None = None
+) -> jax.Array:
     r"""The boolean keep-mask (True = keep) that :func:`dropout` draws for ``key``.
 
     Each entry is kept independently with probability
     :func:`effective_keep_prob` ``(keep_prob)``. The same key and shape always
-    give the same mask; ``dropout(key, x, keep_prob)`` uses
-    ``dropout_mask(key, x.shape, keep_prob)``.
+    give the same mask, however it is sharded; ``dropout(key, x, keep_prob)``
+    uses ``dropout_mask(key, x.shape, keep_prob)``, sharded as ``x``.
 
     Args:
       key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
       shape: shape of the mask.
       keep_prob: probability of keeping an entry, in (0, 1]; may be traced.
+      out_sharding: how to shard the mask under a mesh with Explicit axes (a
+        ``NamedSharding``, or a ``PartitionSpec`` inside ``jax.set_mesh``), as
+        ``jax.random``'s functions take it: each device then draws only its
+        shard. The values do not depend on it. Under an Auto mesh, give
+        ``jax.jit`` the sharding instead (``out_shardings``).
 
     Returns:
       A bool array of shape ``shape``.
@@ -146,8 +161,8 @@ def dropout_mask(key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike) -> ja
     concrete = _check_keep_prob(keep_prob)
     typed_key = _as_key(key)
     if concrete == 1.0:
-        return jnp.ones(dims, dtype=bool)
-    return _draw_mask(typed_key, dims, keep_prob)[0]
+        return jnp.ones(dims, dtype=bool, out_sharding=out_sharding)
+    return _draw_mask(typed_key, dims, keep_prob, out_sharding)[0]
 
 
 def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
@@ -255,5 +270,6 @@ def dropout(
     x, mask_shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if mask_shape is None:
         return x
-    mask, effective = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), mask_shape, keep_prob)
+    typed_key = _as_key(key, or_else=OR_DETERMINISTIC)
+    mask, effective = _draw_mask(typed_key, mask_shape, keep_prob, draw_sharding(x, mask_shape))
     return jnp.where(mask, _scale_kept(x, effective), jnp.zeros((), x.dtype))

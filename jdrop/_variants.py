@@ -29,7 +29,7 @@ from jdrop._checks import (
     _compute_dtype,
 )
 from jdrop._dropout import _checked_noise_shape, _draw_mask, _noise_shape, dropout
-from jdrop._generator import half_uniform
+from jdrop._generator import Sharding, draw_sharding, half_uniform
 
 __all__ = [
     "alpha_dropout",
@@ -63,7 +63,7 @@ def _horner(coefficients: tuple[float, ...], t: jax.Array) -> jax.Array:
     return value
 
 
-def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _standard_normal(key: jax.Array, shape: tuple[int, ...], out_sharding: Sharding = None) -> jax.Array:
     """float32 N(0, 1) by inversion, from 32 bits per entry (tails to about 6.3).
 
     The lower half is :math:`z = -\\sqrt 2\\, \\operatorname{erfinv}(1 - 2v)`
@@ -74,7 +74,7 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     :math:`|z| < 5.5`, below 4e-4 beyond (1 draw in 26 million); 2.7 times as
     fast as ``jax.scipy.special.ndtri`` on CPU.
     """
-    v, negative = half_uniform(key, shape)
+    v, negative = half_uniform(key, shape, out_sharding)
     lower = _lower_normal(v)
     return jnp.where(negative, lower, -lower)
 
@@ -86,9 +86,9 @@ def _lower_normal(v: jax.Array) -> jax.Array:
     return -math.sqrt(2.0) * erfinv_over_x * (1.0 - 2.0 * v)
 
 
-def _standard_logistic(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _standard_logistic(key: jax.Array, shape: tuple[int, ...], out_sharding: Sharding = None) -> jax.Array:
     """float32 Logistic(0, 1), :math:`\\log u - \\log(1 - u)`, by the same inversion (tails to about 22.9)."""
-    v, negative = half_uniform(key, shape)
+    v, negative = half_uniform(key, shape, out_sharding)
     lower = jnp.log(v / (1.0 - v))  # one log: 1 - v is in [1/2, 1), exact enough
     return jnp.where(negative, lower, -lower)
 
@@ -170,7 +170,7 @@ def gaussian_dropout(
     x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
-    z = _standard_normal(_as_key(key, or_else=OR_DETERMINISTIC), shape)
+    z = _standard_normal(_as_key(key, or_else=OR_DETERMINISTIC), shape, draw_sharding(x, shape))
     std = _noise_std(jnp.asarray(keep_prob).astype(jnp.float32))
     dtype = _compute_dtype(x)
     return (x.astype(dtype) * (1.0 + std.astype(dtype) * z.astype(dtype))).astype(x.dtype)
@@ -231,7 +231,7 @@ def alpha_dropout(
     x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
-    mask, q = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), shape, keep_prob)
+    mask, q = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), shape, keep_prob, draw_sharding(x, shape))
     dtype = _compute_dtype(x)
     q = q.astype(dtype)
     # q is NaN for an invalid traced keep_prob and 0 for a traced 0: both NaN here.
@@ -373,7 +373,7 @@ def concrete_dropout(
     _check_deterministic(deterministic)
     if deterministic:
         return x
-    logistic = _standard_logistic(_as_key(key, or_else=OR_DETERMINISTIC), shape)
+    logistic = _standard_logistic(_as_key(key, or_else=OR_DETERMINISTIC), shape, draw_sharding(x, shape))
     dtype = _compute_dtype(x)
     logit = logit.astype(dtype)
     # The mask over the keep probability, sigmoid(z) / sigmoid(logit), in log
