@@ -1,4 +1,4 @@
-"""Test-wide settings: JAX's key-reuse checker, strict dtype promotion, hypothesis profiles.
+"""Test-wide settings: JAX's key-reuse checker, strict dtype and rank promotion, hypothesis profiles.
 
 The doctests get no names from here: every example imports what it uses, so it runs as printed.
 """
@@ -18,6 +18,9 @@ from hypothesis import HealthCheck, settings
 # module-level code and module-scoped fixtures, which run outside
 # function-scoped fixtures.
 jax.config.update("jax_debug_key_reuse", True)
+# Rank promotion (adding a (3,) array to a (2, 3) one) is an error, as in
+# Equinox's own test suite: a user who sets it must be able to run jdrop.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # Hypothesis: the same commit gives the same result. The default profile,

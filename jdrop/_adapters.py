@@ -328,7 +328,8 @@ def _attention_rate(dropout_rate: object, deterministic: object, broadcast_dropo
             "dropout_rate must be a concrete real number in [0, 1], got a traced value: Flax's attention decides "
             "between its fast and its dropout path from it while tracing."
         )
-    off = _host_flag(deterministic, "deterministic") or rate == 0.0
+    # Flax tests `not deterministic`, so None (its default in the modules' calls) means dropout on.
+    off = (deterministic is not None and _host_flag(deterministic, "deterministic")) or rate == 0.0
     _host_flag(broadcast_dropout, "broadcast_dropout")
     return None if off else rate
 
@@ -381,13 +382,15 @@ def _flax_attention_dropout(
     ``jdrop.dropout_mask(dropout_rng, s, 1 - rate)`` for ``s`` Flax's dropout
     shape. ``query``, ``key`` and ``value`` are already promoted to one dtype.
     """
+    if bias is not None and not jnp.issubdtype(jnp.result_type(bias), jnp.floating):
+        bias = jnp.asarray(bias, jnp.float32)  # Flax adds an integer or bool bias to its floating logits
     q, k, v, bias_array, mask_array = _checked_attention_inputs(
         query, key, value, bias, mask, value_head=True, any_mask=True
     )
     typed_key = _as_key(dropout_rng, "dropout_rng", or_else=_OR_NO_ATTENTION_DROPOUT)
     shared = _flax_dropout_axes(q.ndim, broadcast_dropout)
     weights = (*q.shape[:-3], q.shape[-2], q.shape[-3], k.shape[-3])
-    _check_counters(weights, shared, k.shape)
+    _check_counters(weights, shared)
     threshold, inv_keep = _keep_threshold(rate)
     return _dropout_attention(
         q,
@@ -434,7 +437,7 @@ def _equinox_attention_dropout(
     else:  # a traced p (an array field) gets no gradient, as in Equinox
         threshold, effective = _threshold_and_effective(1.0 - jax.lax.stop_gradient(rate))
         inv_keep = 1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective)
-    _check_counters((heads, q.shape[0], k.shape[0]), frozenset(), k.shape)
+    _check_counters((heads, q.shape[0], k.shape[0]), frozenset())
     return _dropout_attention(
         q,
         k,

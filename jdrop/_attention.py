@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -75,6 +76,7 @@ class _Config(NamedTuple):
 
     scale: float
     is_causal: bool
+    window: tuple[int, int] | None  # (left, right): query t attends keys t - left .. t + right (jax.nn's)
     length: int  # S before padding: keys at or beyond it never attend
     q_block: int  # queries per tile
     k_block: int  # keys per tile
@@ -129,9 +131,12 @@ def _tile_logits(
     allowed = inside
     if mask is not None:
         allowed = allowed & _slice(_slice(mask, 0, q_start, tq), 1, k_start, cfg.k_block)
+    row = q_start + lax.broadcasted_iota(jnp.int32, (tq, 1), 0)
     if cfg.is_causal:  # jax.nn's convention: query t attends keys 0..t
-        allowed = allowed & (col <= q_start + lax.broadcasted_iota(jnp.int32, (tq, 1), 0))
-    if not (padded or mask is not None or cfg.is_causal):
+        allowed = allowed & (col <= row)
+    if cfg.window is not None:
+        allowed = allowed & (col >= row - cfg.window[0]) & (col <= row + cfg.window[1])
+    if not (padded or mask is not None or cfg.is_causal or cfg.window is not None):
         return logits, allowed  # every key attends: no select to pay for
     logits = jnp.where(allowed, logits, jnp.float32(cfg.masked_logit))
     if padded and not math.isinf(cfg.masked_logit):
@@ -163,12 +168,26 @@ def _tile_keep(
     return hash16(seeds, jnp.asarray(row, jnp.uint32).reshape(-1, 1), col) < threshold
 
 
-def _key_tiles(cfg: _Config, q_index: jax.Array, num_key_tiles: int) -> jax.Array:
-    """How many key tiles a query tile visits: all, or with ``cfg.skip_causal`` those up to its diagonal."""
+def _over_key_tiles(
+    cfg: _Config, q_index: jax.Array, num_key_tiles: int, body: Callable[[jax.Array, Any], Any], init: Any
+) -> Any:
+    """``body(j, carry)`` over the key tiles ``j`` of query tile ``q_index``: all, or with ``cfg.skip_causal``
+    those up to its diagonal.
+
+    The trip count is static, so the loop is a scan and every derivative of
+    it, reverse-over-reverse included, exists (a loop with a traced trip count
+    cannot be reversed). Tiles past the diagonal are skipped by a ``lax.cond``
+    on the tile indices, which vmap over items leaves a real branch.
+    """
     if not cfg.skip_causal:
-        return jnp.asarray(num_key_tiles, jnp.int32)
+        return lax.fori_loop(0, num_key_tiles, body, init)
     last_query = (q_index + 1) * cfg.q_block - 1
-    return jnp.minimum(last_query // cfg.k_block + 1, num_key_tiles).astype(jnp.int32)
+    visited = last_query // cfg.k_block + 1  # tiles 0 .. visited - 1 hold a key at or before the diagonal
+
+    def tile_or_skip(j: jax.Array, carry: Any) -> Any:
+        return lax.cond(j < visited, body, lambda _, unchanged: unchanged, j, carry)
+
+    return lax.fori_loop(0, num_key_tiles, tile_or_skip, init)
 
 
 def _item_forward(
@@ -216,9 +235,9 @@ def _item_forward(
 
         # Carries made from q (zeros_like): under explicit sharding they take its sharding, as the loop's outputs do.
         row_stats = jnp.zeros_like(qi[:, 0], jnp.float32)
-        acc = jnp.zeros_like(qi[:, :1], jnp.float32) + jnp.zeros((hv,), jnp.float32)
+        acc = jnp.zeros_like(qi[:, :1], jnp.float32) + jnp.zeros((1, hv), jnp.float32)  # no rank promotion
         init = (acc, row_stats - jnp.inf, row_stats)
-        acc, running_max, total = lax.fori_loop(0, _key_tiles(cfg, i, num_key_tiles), key_tile, init)
+        acc, running_max, total = _over_key_tiles(cfg, i, num_key_tiles, key_tile, init)
         attended = total > 0.0  # False for a row with no key left: its output is 0
         inv_total = jnp.where(attended, 1.0 / jnp.where(attended, total, 1.0), 0.0)
         shift = jnp.where(jnp.isfinite(running_max), running_max, 0.0)
@@ -285,7 +304,7 @@ def _item_backward(
 
         dk, dv, d_bias = carry
         init = (jnp.zeros_like(qi, jnp.float32), dk, dv, d_bias)
-        dq_i, dk, dv, d_bias = lax.fori_loop(0, _key_tiles(cfg, i, num_key_tiles), key_tile, init)
+        dq_i, dk, dv, d_bias = _over_key_tiles(cfg, i, num_key_tiles, key_tile, init)
         return (dk, dv, d_bias), dq_i * jnp.float32(cfg.scale)
 
     init: tuple[Any, ...] = (
@@ -566,14 +585,33 @@ def _jax_nn_attention(
     batch: tuple[int, ...],
     scale: float,
     is_causal: bool,
+    window: tuple[int, int] | None,
     implementation: Literal["xla", "cudnn"] | None,
 ) -> jax.Array:
-    """The fast path: ``jax.nn.dot_product_attention`` on the batch flattened to one axis, fully masked rows zeroed."""
+    """The fast path: ``jax.nn.dot_product_attention`` on the batch joined to one axis; rows no key attends give 0.
 
+    jax.nn gives a row whose keys are all masked out the mean of the values,
+    and a row whose bias is -inf at every key NaN, with NaN gradients. jdrop
+    gives 0 with zero gradients on every path: such a row's bias is replaced
+    by 0 before the call (so that nothing computed is NaN) and its output by 0 after.
+    """
     # jax.nn takes bias and mask as (B or 1, N or 1, T or 1, S or 1).
     bias4, mask4 = _four_d(bias, batch)[0], _four_d(mask, batch)[0]
     if bias4 is not None and implementation != "cudnn":
         bias4 = bias4.astype(jnp.float32)  # XLA's path adds it to float32 logits, which strict promotion requires
+    attended = None
+    if mask4 is not None or bias4 is not None or window is not None:
+        allowed = jnp.ones((1, 1, 1, 1), bool)
+        if mask4 is not None:
+            allowed = allowed & mask4
+        if bias4 is not None:
+            allowed = allowed & (bias4 > -jnp.inf)
+        positions = _positions_allowed(q.shape[-3], k.shape[-3], is_causal, window)
+        if positions is not None:
+            allowed = allowed & positions[None, None]
+        attended = jnp.any(allowed, axis=-1)  # (B or 1, N or 1, T or 1)
+        if bias4 is not None:
+            bias4 = jnp.where(attended[..., None], bias4, jnp.zeros((), bias4.dtype))
     out = jax.nn.dot_product_attention(
         q.reshape(-1, *q.shape[-3:]),
         k.reshape(-1, *k.shape[-3:]),
@@ -582,17 +620,26 @@ def _jax_nn_attention(
         mask4,
         scale=scale,
         is_causal=is_causal,
+        local_window_size=window,
         implementation=implementation,
     )
-    if mask4 is not None:
-        # jax.nn gives a row with every key masked out the mean of the values;
-        # jdrop defines it as 0, on this path as on the blocked one.
-        allowed = mask4
-        if is_causal:
-            allowed = allowed & jnp.tril(jnp.ones((q.shape[-3], k.shape[-3]), bool))
-        attended = jnp.any(allowed, axis=-1)  # (B or 1, N or 1, T or 1)
+    if attended is not None:
         out = jnp.where(jnp.swapaxes(attended, 1, 2)[..., None], out, jnp.zeros((), out.dtype))
     return out.reshape(q.shape)
+
+
+def _positions_allowed(t: int, s: int, is_causal: bool, window: tuple[int, int] | None) -> jax.Array | None:
+    """The (T, S) pattern that causality and the local window allow (jax.nn's conventions), or None for all."""
+    if not is_causal and window is None:
+        return None
+    row = lax.broadcasted_iota(jnp.int32, (t, s), 0)
+    col = lax.broadcasted_iota(jnp.int32, (t, s), 1)
+    allowed = jnp.ones((t, s), bool)
+    if is_causal:
+        allowed = allowed & (col <= row)
+    if window is not None:
+        allowed = allowed & (col >= row - window[0]) & (col <= row + window[1])
+    return allowed
 
 
 def _tile_sizes(
@@ -602,7 +649,7 @@ def _tile_sizes(
     default = DEFAULT_TILES[schedule]
     if block_size is None:
         q_block, k_block = default
-    elif isinstance(block_size, tuple):
+    elif isinstance(block_size, tuple | list):
         if len(block_size) != 2:
             raise ValueError(f"block_size must be an int or a pair (queries, keys) of ints >= 1, got {block_size!r}.")
         for size in block_size:
@@ -614,15 +661,13 @@ def _tile_sizes(
     return min(int(q_block), max(t, 1)), min(int(k_block), max(s, 1))
 
 
-def _check_counters(weights: tuple[int, ...], shared: frozenset[int], key_shape: tuple[int, ...]) -> None:
-    """The mask's rows and columns must fit the generator's 32-bit counters, and there must be a key."""
+def _check_counters(weights: tuple[int, ...], shared: frozenset[int]) -> None:
+    """The mask's rows and columns must fit the generator's 32-bit counters."""
     mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
     if math.prod(mask_shape[:-1]) >= MAX_COUNTER or weights[-1] >= MAX_COUNTER:
         raise ValueError(
             f"the attention weights' shape {weights} is too large for the mask generator's 32-bit counters."
         )
-    if weights[-1] == 0:
-        raise ValueError(f"key and value must have at least one position (S >= 1), got shape {key_shape}.")
 
 
 def _pad(x: jax.Array | None, axis: int, size: int) -> jax.Array | None:
@@ -659,6 +704,7 @@ def _dropout_attention(
     scale: float,
     is_causal: bool,
     block_size: int | tuple[int, int] | None,
+    window: tuple[int, int] | None = None,
     masked_logit: float = -math.inf,
     head_seeds: bool = False,
     precision: Any = None,
@@ -670,11 +716,13 @@ def _dropout_attention(
     (..., N, T, S); ``shared``, the weights' axes along which the dropout mask
     is shared; ``seeds`` the generator's key words (words,), or with
     ``head_seeds`` one set per head, (N, words), each head's mask then counting
-    its own rows from 0; ``masked_logit`` and ``precision`` as in :class:`_Config`.
+    its own rows from 0; ``window``, ``masked_logit`` and ``precision`` as in :class:`_Config`.
     """
     *batch_list, t, n, h = q.shape
     s, kv_heads, hv = v.shape[-3:]
     batch = tuple(batch_list)
+    if math.prod((*batch, t, n, hv)) == 0 or s == 0:  # an empty output, or no key for any row: zeros
+        return jnp.zeros((*batch, t, n, hv), q.dtype)
     weights = (*batch, n, t, s)
     mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
     schedule = _schedule()
@@ -687,6 +735,7 @@ def _dropout_attention(
     cfg = _Config(
         scale=scale,
         is_causal=is_causal,
+        window=window,
         length=s,
         q_block=q_block,
         k_block=k_block,
@@ -696,7 +745,7 @@ def _dropout_attention(
         precision=precision,
         # A row that no key is left to spreads its weight over all keys under a
         # finite masked_logit, causally masked ones too: then every tile counts.
-        skip_causal=is_causal and (math.isinf(masked_logit) or mask is None),
+        skip_causal=is_causal and (math.isinf(masked_logit) or (mask is None and window is None)),
         heads=n,
         bias_items=bias_items,
         mask_items=mask_items,
@@ -789,8 +838,11 @@ def dot_product_attention(
     broadcast_dims: Sequence[int] = (),
     is_causal: bool = False,
     scale: float | None = None,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
     deterministic: bool = False,
-    block_size: int | None = None,
+    block_size: int | tuple[int, int] | None = None,
     implementation: Literal["xla", "cudnn"] | None = None,
 ) -> jax.Array:
     r"""Scaled dot-product attention with dropout on the attention weights, computed in blocks of keys.
@@ -799,14 +851,17 @@ def dot_product_attention(
 
     .. code-block:: python
 
-        w = softmax(scale * einsum("...tnh,...snh->...nts", q, k) + bias, where=mask)
+        w = softmax(scale * einsum("...tnh,...snh->...nts", q, k) + bias, where=allowed)
         out = einsum(
             "...nts,...snh->...tnh",
             jdrop.dropout(dropout_key, w, keep_prob, broadcast_dims=broadcast_dims),
             v,
         )
 
-    with key/value head ``n // (N // K)`` for query head ``n``: the dropout
+    with key/value head ``n // (N // K)`` for query head ``n``, where
+    ``allowed`` combines ``mask``, ``is_causal``, ``local_window_size`` and
+    ``key_value_seq_lengths``, and the rows of queries at or beyond
+    ``query_seq_lengths`` give 0. The dropout
     mask is ``jdrop.dropout_mask(dropout_key, s, keep_prob)`` for ``s`` the
     weights' shape (..., N, T, S) with 1 at ``broadcast_dims``, the same for
     every ``block_size`` and every sharding, because each block computes its
@@ -823,20 +878,30 @@ def dot_product_attention(
     tile's weights from ``query``, ``key`` and two saved statistics per row
     and regenerates its dropout mask, so the residuals are the inputs, the
     output and those statistics: O(T N (H + 2)) per batch element. With
-    ``is_causal`` the tiles above the diagonal are skipped.
-    Softmax statistics are float32; products take the inputs' dtype with
-    float32 accumulation, as ``jax.nn.dot_product_attention``. Reverse mode
-    only: forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) of the
-    dropout path is not supported by its ``custom_vjp``.
+    ``is_causal`` the tiles above the diagonal are skipped. Every loop has a
+    static trip count, so reverse-over-reverse derivatives (``jax.hessian``,
+    gradient penalties) work. Softmax statistics are float32; products take
+    the inputs' dtype with float32 accumulation, as
+    ``jax.nn.dot_product_attention``. Forward-mode differentiation
+    (``jax.jvp``, ``jax.jacfwd``) of the dropout path is not supported by its
+    ``custom_vjp``.
 
-    A row whose keys are all masked out (by ``mask`` and ``is_causal``)
-    gives 0, with zero gradients; ``jax.nn.dot_product_attention`` would give
-    the mean of the values.
+    **Rows that no key can attend** give 0, with zero gradients, on every path
+    and in training and evaluation alike, however the row was emptied: by
+    ``mask``, by a ``bias`` that is -inf at every allowed key, by causality, by
+    the local window or by ``key_value_seq_lengths``.
+    ``jax.nn.dot_product_attention`` gives the mean of the values (masked
+    rows) or NaN (a -inf bias) there.
 
     With dropout off (``deterministic=True`` or the concrete ``keep_prob``
     1.0) this calls ``jax.nn.dot_product_attention`` with the same arguments
-    (``implementation="cudnn"`` selects cuDNN's fused kernel on GPU), and
-    zeroes fully masked rows.
+    (``implementation="cudnn"`` selects cuDNN's fused kernel on GPU), with the
+    rule above for rows that no key can attend.
+
+    The arguments are ``jax.nn.dot_product_attention``'s, with any number of
+    batch axes, plus the dropout's (``dropout_key``, ``keep_prob``,
+    ``broadcast_dims``, ``deterministic``) and ``block_size``; its
+    ``return_residual`` is not supported.
 
     Args:
       query: (..., T, N, H) floating array; any number of leading batch axes.
@@ -851,6 +916,12 @@ def dot_product_attention(
         the dropout mask is shared, e.g. ``(-3,)`` for one mask for all heads.
       is_causal: if True, query ``t`` attends keys ``0..t`` (``jax.nn``'s convention).
       scale: the logits' scale; defaults to ``1 / sqrt(H)``.
+      query_seq_lengths: optional integer array of the batch axes' shape
+        (...): the queries at or beyond it give 0.
+      key_value_seq_lengths: optional integer array of the batch axes' shape
+        (...): the keys at or beyond it are not attended.
+      local_window_size: optional ``(left, right)`` of ints >= 0, or one int
+        for both: query ``t`` attends keys ``t - left .. t + right``.
       deterministic: if True, no dropout (evaluation).
       block_size: keys per tile (an int), or a pair (queries, keys) per tile,
         each at least 1; None picks (1024, 128) on one CPU device and
@@ -859,16 +930,18 @@ def dot_product_attention(
         path (dropout off); the dropout path is jdrop's own XLA code on every backend.
 
     Returns:
-      The attention output, of ``query``'s shape and dtype.
+      The attention output, of ``query``'s shape and dtype. An empty output
+      (a zero-size batch, T, N or H), or S = 0, gives zeros, as ``jax.nn``.
 
     Raises:
       ValueError: if the shapes do not fit (lengths, head sizes, batch axes,
-        N not a multiple of K, a ``bias`` or ``mask`` that does not broadcast),
-        ``block_size`` is below 1, a concrete ``keep_prob`` is outside (0, 1],
-        an axis of ``broadcast_dims`` is out of range, or ``dropout_key`` is
-        missing while dropout is on.
-      TypeError: if an input is not floating (``mask``: not bool), the dtypes
-        of ``query``, ``key`` and ``value`` differ, or an argument has the wrong type.
+        N not a multiple of K, a ``bias``, ``mask`` or sequence lengths that do
+        not fit), ``block_size`` or ``local_window_size`` is out of range, a
+        concrete ``keep_prob`` is outside (0, 1], an axis of ``broadcast_dims``
+        is out of range, or ``dropout_key`` is missing while dropout is on.
+      TypeError: if an input is not floating (``mask``: not bool; sequence
+        lengths: not integer), the dtypes of ``query``, ``key`` and ``value``
+        differ, or an argument has the wrong type.
 
     Example:
       >>> import jax
@@ -891,11 +964,14 @@ def dot_product_attention(
     if not isinstance(is_causal, bool | np.bool_):
         raise TypeError(f"is_causal must be a Python bool, got {type(is_causal).__name__}.")
     if scale is None:
-        scale_value = 1.0 / math.sqrt(h)
+        scale_value = 1.0 / math.sqrt(h) if h else 1.0  # H = 0: no logit to scale
     else:
         scale_value = _real_scalar(scale, "scale", "a real number")  # type: ignore[assignment]
         if scale_value is None:
             raise TypeError("scale must be a concrete real number (it is static), got a traced value.")
+    query_lengths = _check_seq_lengths(query_seq_lengths, batch, "query_seq_lengths")
+    key_lengths = _check_seq_lengths(key_value_seq_lengths, batch, "key_value_seq_lengths")
+    window = _check_window(local_window_size)
     if block_size is not None:
         _tile_sizes(block_size, t, s, "loop")  # checked now, before any work
     if implementation not in (None, "xla", "cudnn"):
@@ -903,22 +979,61 @@ def dot_product_attention(
     _check_deterministic(deterministic)
     concrete_keep_prob = _check_keep_prob(keep_prob)
     shared = _check_broadcast_dims(broadcast_dims, len(weights))
-    if deterministic or concrete_keep_prob == 1.0:
-        return _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), implementation)
-    typed_key = _as_key(dropout_key, "dropout_key", or_else=OR_DETERMINISTIC)
-    _check_counters(weights, shared, k.shape)
-    threshold, effective = _threshold_and_effective(keep_prob)
-    return _dropout_attention(
-        q,
-        k,
-        v,
-        bias,
-        mask,
-        seeds=seeds_of(typed_key),  # the only draw from dropout_key
-        threshold=threshold,
-        inv_keep=1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective),  # a traced 0.0 drops everything
-        shared=shared,
-        scale=float(scale_value),
-        is_causal=bool(is_causal),
-        block_size=block_size,
-    )
+    dropout_on = not (deterministic or concrete_keep_prob == 1.0)
+    typed_key = _as_key(dropout_key, "dropout_key", or_else=OR_DETERMINISTIC) if dropout_on else None
+    if key_lengths is not None:  # keys at or beyond the length: a (..., 1, 1, S) mask, no (T, S) array
+        keys = lax.broadcasted_iota(key_lengths.dtype, (*batch, s), len(batch))
+        attend = (keys < key_lengths[..., None])[..., None, None, :]
+        mask = attend if mask is None else mask.reshape((1,) * (len(weights) - mask.ndim) + mask.shape) & attend
+    if math.prod((*batch, t, n, h)) == 0 or s == 0:  # an empty output, or no key for any row: zeros, as jax.nn
+        return jnp.zeros(q.shape, q.dtype)
+    if typed_key is None:
+        out = _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), window, implementation)
+    else:
+        _check_counters(weights, shared)
+        threshold, effective = _threshold_and_effective(keep_prob)
+        out = _dropout_attention(
+            q,
+            k,
+            v,
+            bias,
+            mask,
+            seeds=seeds_of(typed_key),  # the only draw from dropout_key
+            threshold=threshold,
+            inv_keep=1.0 / jnp.where(effective == 0.0, jnp.float32(1.0), effective),  # a traced 0.0 drops everything
+            shared=shared,
+            scale=float(scale_value),
+            is_causal=bool(is_causal),
+            block_size=block_size,
+            window=window,
+        )
+    if query_lengths is not None:  # queries at or beyond the length give 0, as in jax.nn
+        valid = lax.broadcasted_iota(query_lengths.dtype, (*batch, t), len(batch)) < query_lengths[..., None]
+        out = jnp.where(valid[..., None, None], out, jnp.zeros((), out.dtype))
+    return out
+
+
+def _check_seq_lengths(lengths: ArrayLike | None, batch: tuple[int, ...], name: str) -> jax.Array | None:
+    """Sequence lengths as an integer array of the batch axes' shape, or None."""
+    if lengths is None:
+        return None
+    array = lengths if isinstance(lengths, jax.Array) else jnp.asarray(lengths)
+    if not jnp.issubdtype(array.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {array.dtype}.")
+    if array.shape != batch:
+        raise ValueError(f"{name} must have the batch axes' shape {batch}, got shape {array.shape}.")
+    return array
+
+
+def _check_window(local_window_size: object) -> tuple[int, int] | None:
+    """``local_window_size`` as (left, right) ints >= 0 (one int for both), or None."""
+    if local_window_size is None:
+        return None
+    sizes = local_window_size if isinstance(local_window_size, tuple | list) else (local_window_size,) * 2
+    if len(sizes) != 2 or not all(
+        isinstance(size, numbers.Integral) and not isinstance(size, bool) and int(size) >= 0 for size in sizes
+    ):
+        raise ValueError(
+            f"local_window_size must be an int >= 0 or a pair (left, right) of ints >= 0, got {local_window_size!r}."
+        )
+    return int(sizes[0]), int(sizes[1])

@@ -611,8 +611,18 @@ class MultiheadAttention(eqx.nn.MultiheadAttention):
                 "key=jax.random.key(...) (a fresh one each call), or set inference=True (eqx.nn.inference_mode) for "
                 "evaluation."
             )
+        # Equinox's products promote heads of different dtypes (process_heads may
+        # return float32 queries and keys from bfloat16 projections): so do these.
+        with jax.numpy_dtype_promotion("standard"):
+            heads_dtype = jnp.result_type(query_heads, key_heads, value_heads)
         out = _equinox_attention_dropout(
-            query_heads, key_heads, value_heads, mask, key=key, rate=self.dropout.p, concrete_rate=rate
+            query_heads.astype(heads_dtype),
+            key_heads.astype(heads_dtype),
+            value_heads.astype(heads_dtype),
+            mask,
+            key=key,
+            rate=self.dropout.p,
+            concrete_rate=rate,
         )
         projected: jax.Array = jax.vmap(self.output_proj)(out.reshape(q_length, -1))
         return projected

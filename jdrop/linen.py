@@ -523,7 +523,8 @@ def dot_product_attention(
       dtype: the computation's dtype (``flax.linen.dtypes.promote_dtype``).
       precision: passed to every product, as Flax's.
       module: the module that sows the (pre-dropout) weights, or None.
-      force_fp32_for_softmax: as Flax's; the memory-light path always uses float32.
+      force_fp32_for_softmax: as Flax's: the output is then at least float32; the
+        memory-light path's softmax is always float32.
       einsum_dot_general: as Flax's: the products' ``dot_general``.
       qk_attn_weights_einsum: as Flax's: the query-key product.
       attn_weights_value_einsum: as Flax's: the weights-value product.
@@ -575,10 +576,12 @@ def dot_product_attention(
             f"{query.shape[-2]}, {key.shape[-2]} and {value.shape[-2]}."
         )
     if module is None and not custom:
-        return _flax_attention_dropout(
+        out = _flax_attention_dropout(
             query, key, value, bias, mask, dropout_rng=dropout_rng, rate=rate,
             broadcast_dropout=broadcast_dropout, precision=precision,
         )  # fmt: skip
+        # Flax's float32 weights (force_fp32_for_softmax) make its weighted sum, and so its output, float32.
+        return out.astype(jnp.promote_types(out.dtype, jnp.float32)) if force_fp32_for_softmax else out
     # Sowing or custom products need the weights: Flax's, before dropout, then jdrop's mask on them.
     weights = linen.dot_product_attention_weights(
         query, key, bias, mask, broadcast_dropout, None, 0.0, True, dtype, precision, module,

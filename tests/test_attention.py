@@ -25,13 +25,24 @@ def inputs(batch, t, s, n, k, h, dtype=jnp.float32, seed=0):
     return q, key, value
 
 
-@functools.partial(jax.jit, static_argnames=("keep_prob", "broadcast_dims", "is_causal", "scale"))
+@functools.partial(jax.jit, static_argnames=("keep_prob", "broadcast_dims", "is_causal", "scale", "window"))
 def materialised(
-    q, k, v, bias=None, mask=None, *, dropout_key=None, keep_prob=1.0, broadcast_dims=(), is_causal=False, scale=None
+    q,
+    k,
+    v,
+    bias=None,
+    mask=None,
+    *,
+    dropout_key=None,
+    keep_prob=1.0,
+    broadcast_dims=(),
+    is_causal=False,
+    scale=None,
+    window=None,
 ):
     """The documented formula, on the full (..., N, T, S) weights, in float32: the reference.
 
-    A row with every key masked out has weights 0.
+    A row with every key masked out (by the mask, causality, the window or a -inf bias) has weights 0.
     """
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     groups = q.shape[-2] // k.shape[-2]
@@ -39,12 +50,17 @@ def materialised(
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     logits = jnp.einsum("...tnh,...snh->...nts", q, k) * jnp.float32(scale)
     if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
+        logits = logits + bias.astype(jnp.float32).reshape((1,) * (logits.ndim - bias.ndim) + bias.shape)
     allowed = jnp.ones(logits.shape, bool)
     if mask is not None:
-        allowed = allowed & mask
+        allowed = allowed & mask.reshape((1,) * (logits.ndim - mask.ndim) + mask.shape)
+    lead = (1,) * (logits.ndim - 2)  # (T, S) patterns with the weights' rank (no rank promotion)
     if is_causal:
-        allowed = allowed & jnp.tril(jnp.ones(logits.shape[-2:], bool))
+        allowed = allowed & jnp.tril(jnp.ones(logits.shape[-2:], bool)).reshape(*lead, *logits.shape[-2:])
+    if window is not None:  # query t attends keys t - left .. t + right
+        band = jnp.tril(jnp.triu(jnp.ones(logits.shape[-2:], bool), -window[0]), window[1])
+        allowed = allowed & band.reshape(*lead, *logits.shape[-2:])
+    allowed = allowed & (logits > -jnp.inf)  # a -inf bias rules a key out as a mask does
     logits = jnp.where(allowed, logits, -jnp.inf)
     peak = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.where(allowed, jnp.exp(logits - jnp.where(jnp.isfinite(peak), peak, 0.0)), 0.0)
@@ -68,7 +84,7 @@ def tolerance(v, s, keep_prob, eps=EPS32):
 
 def padding_mask(batch, s, lengths):
     """(*batch, 1, 1, S): True for the first ``lengths[b]`` keys of each batch element."""
-    valid = jnp.arange(s) < jnp.asarray(lengths).reshape(*batch, 1)
+    valid = jnp.arange(s).reshape((1,) * len(batch) + (s,)) < jnp.asarray(lengths).reshape(*batch, 1)
     return valid[..., None, None, :]
 
 
@@ -175,6 +191,129 @@ class ContractTest(chex.TestCase):
         for g in grads:
             assert bool(jnp.all(jnp.isfinite(g)))
         np.testing.assert_array_equal(grads[0][0, 2, 1], 0.0)
+
+
+class EveryRowTest(chex.TestCase):
+    """One contract for rows that no key can attend, sequence lengths, windows and empty inputs, on every path."""
+
+    def test_rows_no_key_can_attend_give_zeros_in_training_and_evaluation(self):
+        # Row (0, head 0, query 1) is emptied by a -inf bias, (0, head 1, query 2) by the mask, every row of
+        # batch element 1 beyond key 0 by the key lengths; the window (0, 0) with T > S empties query 9.
+        q, k, v = inputs((2,), 10, 9, 2, 2, 4)
+        bias = jnp.zeros((2, 2, 10, 9)).at[0, 0, 1, :].set(-jnp.inf).at[1, 0, 3, 4:].set(-jnp.inf)
+        mask = jnp.ones((2, 2, 10, 9), bool).at[0, 1, 2, :].set(False)
+        key_lengths = jnp.array([9, 0])
+        empty = jnp.zeros((2, 10, 2), bool).at[0, 1, 0].set(True).at[0, 2, 1].set(True).at[1].set(True)
+        lengths_mask = jnp.arange(9)[None, None, None] < key_lengths[:, None, None, None]
+
+        def loss(q, k, v, bias, key, keep_prob, deterministic, window):
+            out = jdrop.dot_product_attention(
+                q, k, v, bias, mask, dropout_key=key, keep_prob=keep_prob, deterministic=deterministic,
+                key_value_seq_lengths=key_lengths, local_window_size=window, block_size=(4, 4),
+            )  # fmt: skip
+            return (out**2).sum(), out
+
+        grad = jax.jit(jax.grad(loss, (0, 1, 2, 3), has_aux=True), static_argnums=(5, 6, 7))
+        for keep_prob, deterministic in ((0.7, False), (1.0, False), (0.7, True)):
+            for window in (None, (0, 0)):
+                what = f"keep_prob={keep_prob} deterministic={deterministic} window={window}"
+                grads, out = grad(q, k, v, bias, jax.random.key(1), keep_prob, deterministic, window)
+                row_empty = empty.at[0, 9].set(True) if window else empty  # T = 10 > S = 9: query 9 sees no key
+                np.testing.assert_array_equal(jnp.where(row_empty[..., None], out, 0.0), 0.0, err_msg=what)
+                off = keep_prob == 1.0 or deterministic
+                expected = materialised(
+                    q, k, v, bias, mask & lengths_mask, dropout_key=jax.random.key(1),
+                    keep_prob=1.0 if off else keep_prob, window=window,
+                )  # fmt: skip
+                np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, 9, keep_prob), err_msg=what)
+                for g in grads:
+                    assert bool(jnp.all(jnp.isfinite(g))), what
+
+    @parameterized.named_parameters(("dropout", 0.7), ("fast_path", 1.0))
+    def test_sequence_lengths_and_window_are_masks(self, keep_prob):
+        # query_seq_lengths zeroes the rows at or beyond it; key_value_seq_lengths and the window are masks.
+        (q, k, v, bias, mask), options, block_size = case_arrays("bias_full_causal")
+        query_lengths, key_lengths = jnp.array([11, 4]), jnp.array([7, 19])
+        key = jax.random.key(6)
+        out = jdrop.dot_product_attention(
+            q, k, v, bias, mask, dropout_key=key, keep_prob=keep_prob, block_size=block_size, **options,
+            query_seq_lengths=query_lengths, key_value_seq_lengths=key_lengths, local_window_size=(3, 1),
+        )  # fmt: skip
+        keys_mask = (jnp.arange(19)[None] < key_lengths[:, None])[:, None, None, :]
+        expected = materialised(
+            q, k, v, bias, keys_mask, dropout_key=jax.random.clone(key), keep_prob=keep_prob, window=(3, 1), **options
+        )
+        expected = jnp.where((jnp.arange(11)[None] < query_lengths[:, None])[..., None, None], expected, 0.0)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance(v, 19, keep_prob))
+        if keep_prob == 1.0:  # jax.nn's own result wherever a row has a key (elsewhere: jax.nn's mean of values)
+            reference = jax.nn.dot_product_attention(
+                q, k, v, bias, is_causal=True, local_window_size=(3, 1),
+                query_seq_lengths=query_lengths.astype(jnp.int32), key_value_seq_lengths=key_lengths.astype(jnp.int32),
+            )  # fmt: skip
+            band = jnp.tril(jnp.triu(jnp.ones((11, 19), bool), -3), 0)  # the window (3, 1) and causality
+            has_key = jnp.any(keys_mask & band[None, None], axis=-1).transpose(0, 2, 1)[..., None]  # (B, T, 1, 1)
+            assert not bool(jnp.all(has_key))  # the case has rows with no key
+            np.testing.assert_allclose(jnp.where(has_key, out, reference), reference, rtol=0, atol=tolerance(v, 19, 1))
+
+    @parameterized.named_parameters(
+        ("no_queries", (2, 0, 2, 4), (2, 5, 2, 4)),
+        ("no_batch", (0, 3, 2, 4), (0, 5, 2, 4)),
+        ("no_head_size", (2, 3, 2, 0), (2, 5, 2, 0)),
+        ("no_keys", (2, 3, 2, 4), (2, 0, 2, 4)),
+    )
+    def test_zero_size_dimensions_give_what_jax_nn_gives(self, query_shape, key_shape):
+        q, k = jnp.ones(query_shape), jnp.ones(key_shape)
+
+        def loss(f, **kwargs):
+            return lambda q, k: (f(q, k, k, **kwargs).sum(), f(q, k, k, **kwargs))
+
+        expected_grads, expected = jax.grad(loss(jax.nn.dot_product_attention), (0, 1), has_aux=True)(q, k)
+        for keep_prob in (0.5, 1.0):
+            f = functools.partial(jdrop.dot_product_attention, dropout_key=jax.random.key(0), keep_prob=keep_prob)
+            grads, out = jax.grad(loss(f), (0, 1), has_aux=True)(q, k)
+            chex.assert_trees_all_equal((out, grads), (expected, expected_grads))
+
+
+class SecondDerivativeTest(chex.TestCase):
+    @parameterized.named_parameters(
+        ("causal_skipping_tiles", "bias_full_causal"),
+        ("gqa_mask", "gqa_shared_heads"),
+        ("padding", "bias_broadcast_padding"),
+    )
+    def test_reverse_over_reverse_matches_the_formula(self, name):
+        # A Hessian-vector product as the gradient of a gradient's projection (reverse over reverse):
+        # every loop of the kernel, forward and backward, must be reversible.
+        (q, k, v, bias, mask), options, block_size = case_arrays(name)
+        direction = jax.random.normal(jax.random.key(11), q.shape)
+        key = jax.random.key(12)
+
+        def hvp(f, **kwargs):
+            def loss(q, k, v, key):
+                return (f(q, k, v, bias, mask, dropout_key=key, keep_prob=0.7, **options, **kwargs) ** 2).sum()
+
+            return jax.grad(lambda q, k, v, key: jnp.vdot(direction, jax.grad(loss)(q, k, v, key)), (0, 1, 2))
+
+        ours = jax.jit(hvp(jdrop.dot_product_attention, block_size=block_size))(q, k, v, key)
+        expected = hvp(materialised)(q, k, v, jax.random.clone(key))
+        for got, want, what in zip(ours, expected, ("query", "key", "value"), strict=True):
+            # Two backward passes: twice the first derivative's rounding bound.
+            atol = 128 * k.shape[-3] * EPS32 * float(jnp.max(jnp.abs(want)))
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=what)
+            assert bool(jnp.any(want != 0.0))
+
+    def test_fast_path_reverse_over_reverse(self):
+        q, k, v = inputs((1,), 5, 6, 2, 1, 4)
+        bias = jnp.zeros((1, 2, 5, 6)).at[0, 0, 1].set(-jnp.inf)
+
+        def second(f):
+            def loss(q):
+                return (f(q, k, v, bias, is_causal=True) ** 2).sum()
+
+            return jax.grad(lambda q: jax.grad(loss)(q).sum())(q)
+
+        got = second(functools.partial(jdrop.dot_product_attention, deterministic=True))
+        np.testing.assert_allclose(got, second(materialised), rtol=0, atol=1e-4)
+        assert bool(jnp.all(jnp.isfinite(got)))
 
 
 class BlockTest(chex.TestCase):
@@ -374,6 +513,10 @@ class ErrorTest(parameterized.TestCase):
         ("missing_key", {"dropout_key": None}, ValueError, "dropout_key"),
         ("implementation", {"implementation": "triton"}, ValueError, "implementation"),
         ("scale", {"scale": "large"}, TypeError, "scale"),
+        ("query_seq_lengths", {"query_seq_lengths": jnp.array([1, 2, 3])}, ValueError, "query_seq_lengths"),
+        ("key_value_seq_lengths", {"key_value_seq_lengths": jnp.array([1.0, 2.0])}, TypeError, "key_value_seq"),
+        ("local_window_size", {"local_window_size": (2, -1)}, ValueError, "local_window_size"),
+        ("local_window_size_triple", {"local_window_size": (1, 2, 3)}, ValueError, "local_window_size"),
     )
     def test_bad_input_raises_naming_the_argument(self, change, error, match):
         arguments = {

@@ -75,7 +75,7 @@ def case(name):
     mask = None
     if mask_kind == "padding":  # as Flax builds it: float32, 1 means attend
         lengths = jnp.arange(int(np.prod(batch))).reshape(batch) % s + 2
-        keep = jnp.arange(s) < lengths[..., None]
+        keep = jnp.arange(s).reshape((1,) * len(batch) + (s,)) < lengths[..., None]
         mask = linen.make_attention_mask(jnp.ones((*batch, t)), keep.astype(jnp.float32))
     elif mask_kind == "rows":  # rows 1 and 4 of every head attend nothing
         mask = jnp.ones((*batch, 1, t, s), bool).at[..., 1, :].set(False).at[..., 4, :].set(False)
@@ -251,6 +251,46 @@ class LinenTest(chex.TestCase):
             jdrop.linen.dot_product_attention(q, k, v, dropout_rng=jax.random.key(0), dropout_rate=0.3)
 
 
+class FlaxEdgesTest(chex.TestCase):
+    """What Flax's attention functions accept, the swaps accept, with the same output dtype."""
+
+    @parameterized.named_parameters(("nnx", "nnx"), ("linen", "linen"))
+    def test_integer_bias_and_deterministic_none_are_flax_s(self, host):
+        ours = {"nnx": jdrop.nnx, "linen": jdrop.linen}[host].dot_product_attention
+        (q, k, v, bias, mask), _ = case("bias_padding")
+        integer_bias = jnp.round(bias * 3).astype(jnp.int32)
+        out = ours(q, k, v, integer_bias, mask, dropout_rng=jax.random.key(1), dropout_rate=0.3, deterministic=None)
+        expected = flax_reference(q, k, v, integer_bias.astype(jnp.float32), mask, rng=jax.random.key(1), rate=0.3)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=atol(v, 9, 0.3))
+
+    @parameterized.named_parameters(("float32_softmax", True), ("bfloat16_softmax", False))
+    def test_linen_output_dtype_is_flax_s_in_training_and_evaluation(self, force_fp32_for_softmax):
+        q, k, v = (x.astype(jnp.bfloat16) for x in qkv((2,), 5, 6, 2, 2, 4))
+        for deterministic in (False, True):
+            kwargs = {
+                "dropout_rate": 0.2,
+                "deterministic": deterministic,
+                "force_fp32_for_softmax": force_fp32_for_softmax,
+            }
+            with jax.numpy_dtype_promotion("standard"):  # Flax's float32 weights times bfloat16 values
+                ours = jdrop.linen.dot_product_attention(q, k, v, dropout_rng=jax.random.key(0), **kwargs)
+                theirs = linen.dot_product_attention(q, k, v, dropout_rng=jax.random.key(1), **kwargs)
+            assert ours.dtype == theirs.dtype, (deterministic, ours.dtype, theirs.dtype)
+
+    def test_rows_a_minus_inf_bias_empties_are_finite_in_training(self):
+        # Flax gives NaN on such a row (its contract, kept in evaluation); in training the swap is finite
+        # everywhere and equal to Flax's formula wherever Flax is finite.
+        q, k, v = qkv((2,), 7, 10, 2, 2, 4)
+        bias = jnp.zeros((2, 2, 7, 10)).at[0, 1, 3].set(-jnp.inf)
+        out = jdrop.nnx.dot_product_attention(q, k, v, bias, dropout_rng=jax.random.key(2), dropout_rate=0.3)
+        expected = flax_reference(q, k, v, bias, rng=jax.random.key(2), rate=0.3)
+        assert bool(jnp.all(jnp.isfinite(out))) and not bool(jnp.all(jnp.isfinite(expected)))
+        finite = jnp.isfinite(expected)
+        np.testing.assert_allclose(jnp.where(finite, out, 0.0), jnp.where(finite, expected, 0.0), atol=atol(v, 10, 0.3))
+        evaluation = jdrop.nnx.dot_product_attention(q, k, v, bias, deterministic=True, dropout_rate=0.3)
+        np.testing.assert_array_equal(evaluation, nnx.dot_product_attention(q, k, v, bias, deterministic=True))
+
+
 class EquinoxTest(chex.TestCase):
     def modules(self, dropout_p=0.3, **kwargs):
         ours = jdrop.equinox.MultiheadAttention(4, 16, dropout_p=dropout_p, key=jax.random.key(0), **kwargs)
@@ -310,6 +350,20 @@ class EquinoxTest(chex.TestCase):
         np.testing.assert_allclose(
             all_dropped(x, y, y, key=jax.random.key(7)), jnp.broadcast_to(all_dropped.output_proj.bias, (7, 16))
         )
+
+    @pytest.mark.standard_promotion  # Equinox's products promote the float32 heads with bfloat16 values
+    def test_heads_of_different_dtypes_as_equinox(self):
+        # RoPE in float32 on bfloat16 projections: process_heads returns float32 queries and keys.
+        ours, host, reference = self.modules(dtype=jnp.bfloat16)
+        x, y = (a.astype(jnp.bfloat16) for a in self.inputs())
+
+        def rope_in_float32(q, k, v):
+            return q.astype(jnp.float32), k.astype(jnp.float32), v
+
+        out = ours(x, y, y, key=jax.random.key(8), process_heads=rope_in_float32)
+        expected = reference(x, y, y, key=jax.random.key(8), process_heads=rope_in_float32)
+        assert out.dtype == host(x, y, y, key=jax.random.key(9), process_heads=rope_in_float32).dtype
+        np.testing.assert_allclose(out.astype(jnp.float32), expected.astype(jnp.float32), rtol=0, atol=0.05)
 
     def test_bad_input(self):
         with pytest.raises(ValueError, match="dropout_p"):
