@@ -10,7 +10,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jdrop._checks import OR_DETERMINISTIC, KeyLike, _as_key, _check_deterministic, _check_floating, _check_keep_prob
+from jdrop._checks import (
+    OR_DETERMINISTIC,
+    KeyLike,
+    _as_key,
+    _check_deterministic,
+    _check_floating,
+    _check_keep_prob,
+    _key_if_given,
+)
 from jdrop._dropout import _draw_mask, _scale_kept, dropout
 from jdrop._generator import draw_sharding
 
@@ -114,18 +122,21 @@ def activation_dropout(
     callables) run the plain pair.
 
     Args:
-      key: PRNG key; not needed when ``deterministic=True`` or ``keep_prob`` is 1.0.
-      x: floating pre-activations of any shape.
+      key: PRNG key; may be None when ``deterministic=True`` or ``keep_prob``
+        is 1.0, but is checked whenever given.
+      x: real floating pre-activations of any shape (the activations are real
+        functions, so complex ``x`` is not taken).
       keep_prob: probability of keeping an entry, in (0, 1]; may be traced.
       activation: "relu", "tanh", "sigmoid", "gelu", or a callable.
-      deterministic: if True, return ``activation(x)``.
+      deterministic: if true, return ``activation(x)``; a bool, or a concrete
+        real scalar read as one, as for :func:`dropout`.
 
     Returns:
       An array with the shape and dtype of ``x``.
 
     Raises:
       ValueError: as :func:`dropout`, or for an unknown activation name.
-      TypeError: as :func:`dropout`.
+      TypeError: as :func:`dropout`, but for any ``x`` that is not real floating.
 
     Example:
       >>> import jax
@@ -143,8 +154,8 @@ def activation_dropout(
         x = jnp.asarray(x)
     _check_floating(x)
     concrete = _check_keep_prob(keep_prob)
-    _check_deterministic(deterministic)
-    if deterministic or concrete == 1.0:
+    _key_if_given(key)
+    if _check_deterministic(deterministic) or concrete == 1.0:
         return act(x)
     if not (isinstance(activation, str) and activation in _FUSED):
         return dropout(key, act(x), keep_prob)

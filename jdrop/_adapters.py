@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
@@ -36,11 +35,13 @@ from jdrop._attention import _check_counters, _checked_attention_inputs, _dropou
 from jdrop._checks import (
     KeyLike,
     _as_key,
+    _axes,
     _check_broadcast_dims,
-    _check_floating,
     _check_keep_logit,
+    _check_noise_input,
     _check_positive,
     _check_rate,
+    _flag,
 )
 from jdrop._dropout import _threshold_and_effective, dropout
 from jdrop._generator import seeds_of
@@ -57,14 +58,19 @@ ApplyFn = Callable[[KeyLike, jax.Array, ArrayLike, tuple[int, ...]], jax.Array]
 class HostConventions:
     """The names a host gives the drop-in's arguments, and what it does with integer inputs.
 
+    Both hosts' Dropout return inputs of any dtype unchanged in evaluation and
+    at rate 0, and apply noise to floating and complex ones (a complex value
+    is multiplied by the real mask).
+
     Attributes:
       rate: the name of the drop probability (``"rate"`` in Flax, ``"p"`` in Equinox).
       switch: the name of the evaluation switch (``"deterministic"``, ``"inference"``).
       inputs: the name of the input array (``"inputs"``, ``"x"``).
-      promotes_integers: whether integer and bool inputs are accepted and
-        promoted to the default floating dtype when noise is applied.
-        ``equinox.nn.Dropout`` computes ``x / q``, which promotes them; Flax's
-        Dropout fails on them (``lax.select`` of an int and a float array).
+      promotes_integers: whether integer and bool inputs are promoted to the
+        default floating dtype when noise is applied (and for the zeros of
+        rate 1). ``equinox.nn.Dropout`` computes ``x / q``, which promotes
+        them; Flax's Dropout fails on them (``lax.select`` of an int and a
+        float array), and at rate 1 returns integer zeros.
     """
 
     rate: str
@@ -89,66 +95,6 @@ def _first_from(*values: _T | None, error_msg: str) -> _T:
     raise ValueError(error_msg)
 
 
-def _host_flag(value: object, name: str) -> bool:
-    """A host's switch (``deterministic``, ``inference``) as a Python bool, read by truthiness as the hosts read it.
-
-    Flax and Equinox test the switch with ``if``, so they take any real
-    scalar: ``True``, ``1``, ``np.bool_(True)``, ``jnp.array(True)``, a 0-d
-    integer or floating array. Those are accepted here with the same meaning.
-    Strings (``"False"`` is true), arrays with axes and other objects are
-    rejected, and so are traced values, on which the hosts fail too: whether
-    noise is drawn must be known while tracing.
-
-    Raises:
-      TypeError: if ``value`` is not a concrete real scalar.
-    """
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"{name} must be concrete, got a traced value: it decides whether noise is drawn, which must be known "
-            "while tracing. Pass it as a static argument of jax.jit (or keep it a Python bool field under "
-            "eqx.filter_jit)."
-        )
-    if isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
-        return bool(value)
-    if isinstance(value, jax.Array | np.ndarray) and value.ndim == 0:
-        dtype = value.dtype
-        if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating):
-            return bool(value)
-    raise TypeError(
-        f"{name} must be a bool, or a Python, NumPy or JAX real scalar read as one (as Flax and Equinox read it), "
-        f"got {value!r}."
-    )
-
-
-def _host_axes(axes: object, name: str = "broadcast_dims") -> tuple[int, ...]:
-    """Axes as the hosts take them, as a tuple of Python ints.
-
-    Flax indexes a list of the input's sizes with each axis, so it takes any
-    iterable of integers: a tuple or list, a ``range``, a 1-D integer array,
-    NumPy or JAX integer scalars. Their range is checked against the input's
-    rank at call time, by :func:`jdrop._checks._check_broadcast_dims`.
-
-    Raises:
-      TypeError: if ``axes`` is not an iterable of integers (bools are not axes).
-    """
-    accepted = f"{name} must be a sequence of int axes, e.g. (1,) to share the noise along axis 1"
-    if isinstance(axes, str | bytes) or not isinstance(axes, Iterable):
-        raise TypeError(f"{accepted}, got {axes!r}.")
-    try:
-        items = list(axes)
-    except TypeError as error:  # a 0-d array is Iterable but cannot be iterated
-        raise TypeError(f"{accepted}, got {axes!r}.") from error
-    checked = []
-    for axis in items:
-        if isinstance(axis, bool | np.bool_) or getattr(axis, "dtype", None) == np.bool_:
-            raise TypeError(f"{accepted}, got the bool {axis!r} in it.")
-        try:
-            checked.append(operator.index(axis))
-        except TypeError as error:
-            raise TypeError(f"{accepted}, got {axis!r} in it.") from error
-    return tuple(checked)
-
-
 def _no_broadcast_dims(broadcast_dims: object) -> tuple[int, ...]:
     """DropPath's ``broadcast_dims``, which must be empty: its ``mode`` says what the decision is shared along.
 
@@ -159,7 +105,7 @@ def _no_broadcast_dims(broadcast_dims: object) -> tuple[int, ...]:
     Raises:
       TypeError: if ``broadcast_dims`` is not empty, or not a sequence of ints.
     """
-    axes = _host_axes(broadcast_dims)
+    axes = _axes(broadcast_dims)
     if axes:
         raise TypeError(
             "DropPath takes no broadcast_dims: its mode sets what the decision is shared along (mode='row': all axes "
@@ -182,25 +128,34 @@ def _key_source(key: KeyLike | None, missing: str) -> Callable[[], KeyLike]:
     return draw_key
 
 
-def _checked_inputs(inputs: ArrayLike, host: HostConventions) -> jax.Array:
-    """``inputs`` as an array, with a dtype that ``host``'s Dropout applies noise to; not yet promoted."""
-    array = inputs if isinstance(inputs, jax.Array) else jnp.asarray(inputs)
-    if host.promotes_integers and (array.dtype == np.bool_ or jnp.issubdtype(array.dtype, jnp.integer)):
+def _as_array(inputs: ArrayLike) -> jax.Array:
+    return inputs if isinstance(inputs, jax.Array) else jnp.asarray(inputs)
+
+
+def _promoted(array: jax.Array, host: HostConventions) -> jax.Array:
+    """``array`` in the dtype ``host``'s Dropout computes in: integers and bools promoted if it promotes them."""
+    if not host.promotes_integers or jnp.issubdtype(array.dtype, jnp.inexact):
         return array
-    if host.promotes_integers and not jnp.issubdtype(array.dtype, jnp.floating):
+    return array.astype(jax.dtypes.canonicalize_dtype(np.float64))  # the default floating dtype, as x / q gives
+
+
+def _noise_input(array: jax.Array, host: HostConventions, *, takes_complex: bool = True) -> jax.Array:
+    """``array`` as noise is applied to it: floating or complex (:func:`jdrop._checks._check_noise_input`), after
+    ``host``'s promotion; with ``takes_complex=False`` (alpha dropout), real floating only.
+
+    Raises:
+      TypeError: naming ``host``'s inputs, for integer and bool inputs in Flax
+        (whose Dropout fails on them too) and, without ``takes_complex``, complex ones.
+    """
+    x = _promoted(array, host)
+    why = "" if host.promotes_integers else " (Flax's own Dropout cannot drop integer or bool inputs out either)"
+    _check_noise_input(x, host.inputs, why=why)
+    if not takes_complex and not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
-            f"{host.inputs} must have a floating dtype, or an integer or bool one (promoted to the default floating "
-            f"dtype, as equinox.nn.Dropout promotes it), got {array.dtype}."
+            f"{host.inputs} must be real where alpha dropout is applied (SELU's saturation value and correction are "
+            f"for real activations), got {x.dtype}."
         )
-    _check_floating(array, host.inputs)
-    return array
-
-
-def _promoted(array: jax.Array) -> jax.Array:
-    """A checked input as a floating array: integers and bools in the default floating dtype, as ``x / q`` gives."""
-    if jnp.issubdtype(array.dtype, jnp.floating):
-        return array
-    return array.astype(jax.dtypes.canonicalize_dtype(np.float64))
+    return x
 
 
 def _dropout_at_rate(
@@ -213,16 +168,19 @@ def _dropout_at_rate(
     apply: ApplyFn,
     host: HostConventions,
     allow_rate_one: bool = True,
+    takes_complex: bool = True,
 ) -> _Inputs | jax.Array:
     """A dropout-family function at a drop ``rate``, with the host libraries' edge cases.
 
     Every argument is checked first. Then evaluation and rate 0 return
-    ``inputs`` itself and rate 1 returns zeros, as the hosts' Dropout do,
+    ``inputs`` itself, whatever its dtype, and rate 1 returns zeros like the
+    inputs (promoted as ``host`` promotes them), as the hosts' Dropout do,
     without asking for a key. Otherwise the result is exactly
     ``apply(key_fn(), x, 1 - rate, axes)``, where ``x`` is ``inputs`` as a
-    floating array and ``axes`` is ``broadcast_dims`` as a tuple of ints;
-    ``key_fn`` is called only then, so that a host's RNG stream advances only
-    when noise is drawn, as with the host's own Dropout.
+    floating or complex array (:func:`_noise_input`) and ``axes`` is
+    ``broadcast_dims`` as a tuple of ints; ``key_fn`` is called only then, so
+    that a host's RNG stream advances only when noise is drawn, as with the
+    host's own Dropout.
 
     Args:
       key_fn: returns the key for an active call, drawn as the host draws it.
@@ -230,32 +188,34 @@ def _dropout_at_rate(
       rate: the drop rate: concrete in [0, 1] (or [0, 1) with
         ``allow_rate_one=False``), or a traced scalar, which gets no gradient
         (as in the hosts) and reaches ``apply`` as ``1 - rate``.
-      deterministic: the host's switch, read by truthiness (:func:`_host_flag`).
+      deterministic: the host's switch, read by truthiness (:func:`jdrop._checks._flag`).
       broadcast_dims: axes along which the noise is shared, as the host takes them.
       apply: the layer's core function, ``(key, x, keep_prob, axes)`` to the output.
       host: the host's argument names and integer-input rule.
       allow_rate_one: False for noise that has no limit at rate 1 (Gaussian, alpha).
+      takes_complex: False for noise defined for real inputs only (alpha).
 
     Returns:
       ``inputs`` itself when nothing is applied, otherwise an array of the
       shape of ``inputs`` and its dtype (the default floating dtype for
-      integer inputs that ``host`` promotes).
+      integer and bool inputs that ``host`` promotes).
 
     Raises:
-      TypeError: if ``inputs``, ``rate``, ``deterministic`` or ``broadcast_dims``
-        has a type the host does not take.
+      TypeError: if ``rate``, ``deterministic`` or ``broadcast_dims`` has a
+        type the host does not take, or noise is applied to ``inputs`` of a
+        dtype that it does not apply to (:func:`_noise_input`).
       ValueError: if a concrete ``rate`` is out of range, or an axis is out of
         range for ``inputs``.
     """
-    array = _checked_inputs(inputs, host)
-    axes = _host_axes(broadcast_dims)
-    _check_broadcast_dims(axes, array.ndim)
+    array = _as_array(inputs)
+    axes = _axes(broadcast_dims)
+    _check_broadcast_dims(axes, array.ndim, of=host.inputs)
     value = _check_rate(rate, host.rate, allow_one=allow_rate_one)
-    if _host_flag(deterministic, host.switch) or value == 0.0:
+    if _flag(deterministic, host.switch) or value == 0.0:
         return inputs
-    x = _promoted(array)
     if value == 1.0:
-        return jnp.zeros_like(x)
+        return jnp.zeros_like(_promoted(array, host))
+    x = _noise_input(array, host, takes_complex=takes_complex)
     # A traced rate (an array attribute or field, traced by jit) gets no gradient, as in the hosts.
     keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
     return apply(key_fn(), x, keep_prob, axes)
@@ -284,30 +244,32 @@ def _concrete_dropout_in_module(
       inputs: what the layer was called with (array-like).
       keep_logit: the layer's learned keep logit.
       temperature: the relaxation's temperature, > 0.
-      deterministic: the host's switch, read by truthiness (:func:`_host_flag`).
+      deterministic: the host's switch, read by truthiness (:func:`jdrop._checks._flag`).
       broadcast_dims: axes along which the noise is shared, as the host takes them.
       host: the host's argument names and integer-input rule.
 
     Returns:
-      ``inputs`` itself in evaluation, otherwise an array of the shape of
-      ``inputs`` and its (floating) dtype.
+      ``inputs`` itself in evaluation (whatever its dtype), otherwise an
+      array of the shape of ``inputs`` and its (floating or complex) dtype.
 
     Raises:
-      TypeError: if ``inputs`` or ``keep_logit`` has a dtype that is not
-        accepted, or ``deterministic`` or ``broadcast_dims`` a type.
+      TypeError: if ``keep_logit`` is not floating, ``inputs`` are of a dtype
+        that noise is not applied to while active (:func:`_noise_input`), or
+        ``deterministic`` or ``broadcast_dims`` has the wrong type.
       ValueError: if ``keep_logit`` does not broadcast to the inputs' shape,
         ``temperature`` is not positive and finite, or an axis is out of range.
     """
-    array = _checked_inputs(inputs, host)
+    array = _as_array(inputs)
     logit = _check_keep_logit(keep_logit, fits=array.shape, inputs=host.inputs)
     _check_positive(temperature, "temperature")
     if not isinstance(temperature, jax.core.Tracer):
         temperature = float(temperature)  # an integer one, e.g. np.int64(1), would not divide a float32 array
-    axes = _host_axes(broadcast_dims)
-    _check_broadcast_dims(axes, array.ndim)
-    if _host_flag(deterministic, host.switch):
+    axes = _axes(broadcast_dims)
+    _check_broadcast_dims(axes, array.ndim, of=host.inputs)
+    if _flag(deterministic, host.switch):
         return inputs
-    return concrete_dropout(key_fn(), _promoted(array), logit, temperature=temperature, broadcast_dims=axes)
+    x = _noise_input(array, host)
+    return concrete_dropout(key_fn(), x, logit, temperature=temperature, broadcast_dims=axes)
 
 
 def _attention_rate(dropout_rate: object, deterministic: object, broadcast_dropout: object) -> float | None:
@@ -329,14 +291,14 @@ def _attention_rate(dropout_rate: object, deterministic: object, broadcast_dropo
             "between its fast and its dropout path from it while tracing."
         )
     # Flax tests `not deterministic`, so None (its default in the modules' calls) means dropout on.
-    off = (deterministic is not None and _host_flag(deterministic, "deterministic")) or rate == 0.0
-    _host_flag(broadcast_dropout, "broadcast_dropout")
+    off = (deterministic is not None and _flag(deterministic, "deterministic")) or rate == 0.0
+    _flag(broadcast_dropout, "broadcast_dropout")
     return None if off else rate
 
 
 def _flax_dropout_axes(ndim: int, broadcast_dropout: object) -> frozenset[int]:
     """The weights' axes along which Flax's attention dropout mask is shared: batch and heads, or none."""
-    return frozenset(range(ndim - 2)) if _host_flag(broadcast_dropout, "broadcast_dropout") else frozenset()
+    return frozenset(range(ndim - 2)) if _flag(broadcast_dropout, "broadcast_dropout") else frozenset()
 
 
 def _keep_threshold(rate: float) -> tuple[jax.Array, jax.Array]:

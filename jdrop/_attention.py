@@ -45,6 +45,7 @@ from jdrop._checks import (
     _check_deterministic,
     _check_floating,
     _check_keep_prob,
+    _key_if_given,
     _real_scalar,
 )
 from jdrop._dropout import _threshold_and_effective
@@ -909,7 +910,7 @@ def dot_product_attention(
       value: array of ``key``'s shape and dtype.
       bias: optional floating array broadcastable to (..., N, T, S), added to the scaled logits.
       mask: optional bool array broadcastable to (..., N, T, S); True means attend.
-      dropout_key: a PRNG key; needed unless dropout is off. A fresh one for every call.
+      dropout_key: a PRNG key; needed unless dropout is off, checked whenever given. A fresh one per call.
       keep_prob: probability of keeping an attention weight, in (0, 1]. A
         traced scalar does not recompile; a traced value outside [0, 1] gives NaN.
       broadcast_dims: axes of the weights' shape (..., N, T, S) along which
@@ -978,7 +979,8 @@ def dot_product_attention(
         raise ValueError(f"implementation must be None, 'xla' or 'cudnn', got {implementation!r}.")
     _check_deterministic(deterministic)
     concrete_keep_prob = _check_keep_prob(keep_prob)
-    shared = _check_broadcast_dims(broadcast_dims, len(weights))
+    shared = _check_broadcast_dims(broadcast_dims, len(weights), of="the attention weights (..., N, T, S)")
+    _key_if_given(dropout_key, "dropout_key")
     dropout_on = not (deterministic or concrete_keep_prob == 1.0)
     typed_key = _as_key(dropout_key, "dropout_key", or_else=OR_DETERMINISTIC) if dropout_on else None
     if key_lengths is not None:  # keys at or beyond the length: a (..., 1, 1, S) mask, no (T, S) array

@@ -1,6 +1,16 @@
 """Argument checks that several modules share: each raises before any work, naming the argument and what it accepts.
 
-Also the one dtype rule they share, :func:`_compute_dtype`.
+One rule per kind of argument, for every public function and drop-in:
+
+* real scalars (rates, keep probabilities, temperatures): :func:`_real_scalar`;
+* sequences of ints (shapes, axes): :func:`_int_sequence`, any iterable of integers;
+* switches (``deterministic``, ``inference``): :func:`_flag`, read as Flax and Equinox read them;
+* keys: :func:`_as_key` where one is needed, :func:`_key_if_given` where it may not be:
+  a key that is given is always checked;
+* what noise applies to: :func:`_check_noise_input`, floating or complex, and
+  any dtype where nothing is applied.
+
+Also the one dtype rule they compute by, :func:`_compute_dtype` and :func:`_times`.
 """
 
 from __future__ import annotations
@@ -8,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -68,6 +78,16 @@ def _check_keep_prob(keep_prob: ArrayLike, name: str = "keep_prob") -> float | N
     return value
 
 
+def _key_if_given(key: KeyLike | None, name: str = "key") -> jax.Array | None:
+    """The one rule for a key where none may be needed: None stays None, anything else must be a key (:func:`_as_key`).
+
+    A function that draws nothing (evaluation, keep probability 1) still
+    checks a key it is given, so that a wrong one is found on the first call,
+    not on the first call that drops.
+    """
+    return None if key is None else _as_key(key, name)
+
+
 def _as_key(key: KeyLike | None, name: str = "key", *, or_else: str | None = None) -> jax.Array:
     """Returns ``key`` as a single typed key, accepting legacy raw uint32 keys.
 
@@ -104,45 +124,122 @@ def _as_key(key: KeyLike | None, name: str = "key", *, or_else: str | None = Non
     return key
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+def _int_sequence(value: object, name: str, accepted: str) -> tuple[int, ...]:
+    """The one rule for a sequence of ints (a shape, axes): returns it as a tuple of Python ints.
+
+    Any iterable of integers is taken, as NumPy and the host libraries index
+    with it: a tuple or list, a ``range``, a 1-D integer array, NumPy or JAX
+    integer scalars. Strings, bools (not sizes or axes, though ``int`` takes
+    them) and non-integers are not. ``accepted`` completes "``name`` must be ...".
+
+    Raises:
+      TypeError: if ``value`` is not an iterable of integers.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be {accepted}, got {value!r}.")
     try:
-        dims = tuple(operator.index(d) for d in shape)
-    except TypeError as error:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}.") from error
+        items = list(value)
+    except TypeError as error:  # a 0-d array is Iterable but cannot be iterated
+        raise TypeError(f"{name} must be {accepted}, got {value!r}.") from error
+    checked = []
+    for item in items:
+        if isinstance(item, bool | np.bool_) or getattr(item, "dtype", None) == np.bool_:
+            raise TypeError(f"{name} must be {accepted}, got the bool {item!r} in it.")
+        try:
+            checked.append(operator.index(item))
+        except TypeError as error:
+            raise TypeError(f"{name} must be {accepted}, got {item!r} in it.") from error
+    return tuple(checked)
+
+
+def _check_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """A shape (``name`` for the message, e.g. ``"logit_shape"``), as :func:`_int_sequence` takes it, as a tuple."""
+    dims = _int_sequence(shape, name, "a sequence of ints")
     if any(d < 0 for d in dims):
-        raise ValueError(f"shape must have non-negative sizes, got {dims}.")
+        raise ValueError(f"{name} must have non-negative sizes, got {dims}.")
     return dims
 
 
-def _check_broadcast_dims(broadcast_dims: Sequence[int], ndim: int) -> frozenset[int]:
-    if isinstance(broadcast_dims, str) or not isinstance(broadcast_dims, Sequence | set | frozenset):
-        raise TypeError(
-            f"broadcast_dims must be a sequence of axes, e.g. (1,) to share the mask along axis 1, "
-            f"got {broadcast_dims!r}."
-        )
-    axes: set[int] = set()
-    for axis in broadcast_dims:
-        if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
-            raise TypeError(f"broadcast_dims must contain ints, got {axis!r}.")
+def _axes(broadcast_dims: object, name: str = "broadcast_dims") -> tuple[int, ...]:
+    """Axes as :func:`_int_sequence` takes them, as a tuple of ints; their range is checked against a rank later."""
+    return _int_sequence(broadcast_dims, name, "a sequence of int axes, e.g. (1,) to share the noise along axis 1")
+
+
+def _check_broadcast_dims(broadcast_dims: object, ndim: int, of: str = "x") -> frozenset[int]:
+    """``broadcast_dims`` (:func:`_axes`) checked against the rank ``ndim`` of ``of``, as non-negative axes.
+
+    ``of`` names what the axes index, for the message: an argument of the
+    caller (``"x"``, ``"inputs"``) or what it computes (the attention weights).
+
+    Raises:
+      TypeError: if ``broadcast_dims`` is not a sequence of ints.
+      ValueError: if an axis is out of range.
+    """
+    axes = _axes(broadcast_dims)
+    for axis in axes:
         if not -ndim <= axis < ndim:
             raise ValueError(
-                f"broadcast_dims contains axis {axis}, out of range for x with {ndim} dimensions "
+                f"broadcast_dims contains axis {axis}, out of range for {of} with {ndim} dimensions "
                 f"(accepted: {-ndim} to {ndim - 1})."
             )
-        axes.add(int(axis) % ndim)
-    return frozenset(axes)
+    return frozenset(axis % ndim for axis in axes)
 
 
 def _check_floating(x: jax.Array, name: str = "x") -> None:
+    """Real floating ``x``: for what applies a real function to it (an activation, SELU's correction, attention)."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}.")
 
 
-def _check_deterministic(deterministic: object) -> None:
-    if not isinstance(deterministic, bool | np.bool_):
+def _check_noise_input(x: jax.Array, name: str = "x", *, why: str = "") -> None:
+    """The one dtype rule for what multiplicative noise applies to: floating or complex ``x``.
+
+    Checked only where noise is applied: where ``x`` is returned unchanged
+    (evaluation, keep probability 1) any dtype is returned. Complex values
+    are multiplied by the real noise, their real and imaginary parts alike.
+    ``why`` ends the message (e.g. why the host refuses integers).
+    """
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise TypeError(
-            f"deterministic must be a Python bool (mark it static in jax.jit), got {type(deterministic).__name__}."
+            f"{name} must have a floating or complex dtype where noise is applied, got {x.dtype}{why}. "
+            "(Where nothing is applied, any dtype is returned unchanged.)"
         )
+
+
+def _flag(value: object, name: str) -> bool:
+    """The one rule for a switch (``deterministic``, ``inference``): a Python bool, read as Flax and Equinox read it.
+
+    Flax and Equinox test a switch with ``if``, so they take any real
+    scalar: ``True``, ``1``, ``np.bool_(True)``, ``jnp.array(True)``, a 0-d
+    integer or floating array. Those are accepted with the same meaning.
+    Strings (``"False"`` is true), arrays with axes and other objects are
+    rejected, and so are traced values: whether noise is drawn must be known
+    while tracing.
+
+    Raises:
+      TypeError: if ``value`` is not a concrete real scalar.
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be concrete, got a traced value: it decides whether noise is drawn, which must be known "
+            "while tracing. Pass it as a static argument of jax.jit (or keep it a Python bool field under "
+            "eqx.filter_jit)."
+        )
+    if isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
+        return bool(value)
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim == 0:
+        dtype = value.dtype
+        if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating):
+            return bool(value)
+    raise TypeError(
+        f"{name} must be a bool, or a Python, NumPy or JAX real scalar read as one (as Flax and Equinox read it), "
+        f"got {value!r}."
+    )
+
+
+def _check_deterministic(deterministic: object) -> bool:
+    """``deterministic`` as a Python bool, by :func:`_flag`'s rule."""
+    return _flag(deterministic, "deterministic")
 
 
 def _check_rate(rate: ArrayLike, name: str, *, allow_one: bool = True) -> float | None:
@@ -159,10 +256,27 @@ def _check_rate(rate: ArrayLike, name: str, *, allow_one: bool = True) -> float 
 
 
 def _compute_dtype(array: jax.Array) -> jnp.dtype:
-    """At least float32: float64 stays float64 (with jax_enable_x64), bfloat16 and float16 become float32."""
+    """The real dtype to compute in: float64 for float64 and complex128 (with jax_enable_x64), else float32.
+
+    bfloat16 and float16 become float32; a complex array's parts are computed
+    in the real dtype of their precision.
+    """
     # Not jnp.promote_types: under strict dtype promotion bfloat16 and float32 have no common type.
-    wide = array.dtype == jnp.float64
+    wide = array.dtype in (jnp.float64, jnp.complex128)
     return np.dtype(np.float64) if wide else np.dtype(np.float32)
+
+
+def _times(x: jax.Array, factor: jax.Array) -> jax.Array:
+    """``x * factor`` for a real ``factor`` of ``_compute_dtype(x)``, computed in it and rounded once to ``x.dtype``.
+
+    A complex ``x`` has its real and imaginary parts multiplied alike (not a
+    complex product, in which ``inf * 0`` of a zero imaginary factor would
+    make NaNs), so each part gets exactly what a real array would.
+    """
+    dtype = _compute_dtype(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        return jax.lax.complex(x.real.astype(dtype) * factor, x.imag.astype(dtype) * factor).astype(x.dtype)
+    return (x.astype(dtype) * factor).astype(x.dtype)
 
 
 def _check_count(value: object, name: str) -> None:

@@ -33,10 +33,12 @@ from jdrop._checks import (
     _as_key,
     _check_broadcast_dims,
     _check_deterministic,
-    _check_floating,
     _check_keep_prob,
+    _check_noise_input,
     _check_shape,
     _compute_dtype,
+    _key_if_given,
+    _times,
 )
 from jdrop._generator import Sharding, draw_sharding, uniform16
 
@@ -123,7 +125,7 @@ def _draw_mask(
 
 
 def dropout_mask(
-    key: KeyLike, shape: Sequence[int], keep_prob: ArrayLike, *, out_sharding: NamedSharding | P | None = None
+    key: KeyLike | None, shape: Sequence[int], keep_prob: ArrayLike, *, out_sharding: NamedSharding | P | None = None
 ) -> jax.Array:
     r"""The boolean keep-mask (True = keep) that :func:`dropout` draws for ``key``.
 
@@ -133,8 +135,11 @@ def dropout_mask(
     uses ``dropout_mask(key, x.shape, keep_prob)``, sharded as ``x``.
 
     Args:
-      key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
-      shape: shape of the mask.
+      key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``;
+        may be None when ``keep_prob`` is the Python value 1.0 (all True),
+        but is checked whenever given.
+      shape: shape of the mask: any sequence of ints (a tuple, list, range,
+        1-D integer array).
       keep_prob: probability of keeping an entry, in (0, 1]; may be traced.
       out_sharding: how to shard the mask under a mesh with Explicit axes (a
         ``NamedSharding``, or a ``PartitionSpec`` inside ``jax.set_mesh``), as
@@ -146,8 +151,8 @@ def dropout_mask(
       A bool array of shape ``shape``.
 
     Raises:
-      ValueError: if ``keep_prob`` is outside (0, 1], ``key`` is None or not a
-        single key, or ``shape`` has a negative size.
+      ValueError: if ``keep_prob`` is outside (0, 1], ``key`` is None while
+        the mask is drawn or not a single key, or ``shape`` has a negative size.
       TypeError: if ``key``, ``shape`` or ``keep_prob`` has the wrong type.
 
     Example:
@@ -159,14 +164,14 @@ def dropout_mask(
     """
     dims = _check_shape(shape)
     concrete = _check_keep_prob(keep_prob)
-    typed_key = _as_key(key)
     if concrete == 1.0:
+        _key_if_given(key)
         return jnp.ones(dims, dtype=bool, out_sharding=out_sharding)
-    return _draw_mask(typed_key, dims, keep_prob, out_sharding)[0]
+    return _draw_mask(_as_key(key), dims, keep_prob, out_sharding)[0]
 
 
 def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
-    """``x * (1 / effective)``, computed in at least float32 and rounded once to ``x.dtype``."""
+    """``x * (1 / effective)``, computed in at least float32 and rounded once to ``x.dtype`` (complex: each part)."""
     compute_dtype = _compute_dtype(x)
     # A traced keep_prob of 0.0 drops everything; dividing by 1 there keeps the
     # (unused) branch finite so that its gradient is 0 rather than NaN.
@@ -176,30 +181,34 @@ def _scale_kept(x: jax.Array, effective: jax.Array) -> jax.Array:
     # did for a jit constant, not eagerly), so a written division gave 0-d results
     # that differed by an ulp between eager and jit.
     reciprocal = 1.0 / safe.astype(compute_dtype)
-    return (x.astype(compute_dtype) * reciprocal).astype(x.dtype)
+    return _times(x, reciprocal)
 
 
-def _noise_shape(x: jax.Array, broadcast_dims: Sequence[int]) -> tuple[int, ...]:
+def _noise_shape(x: jax.Array, broadcast_dims: object) -> tuple[int, ...]:
     """``x.shape`` with 1 at the axes in ``broadcast_dims`` (checked): the shape a mask or noise is drawn at."""
     axes = _check_broadcast_dims(broadcast_dims, x.ndim)
     return tuple(1 if axis in axes else size for axis, size in enumerate(x.shape))
 
 
 def _checked_noise_shape(
-    x: ArrayLike, keep_prob: ArrayLike, deterministic: bool, broadcast_dims: Sequence[int]
+    key: KeyLike | None, x: ArrayLike, keep_prob: ArrayLike, deterministic: object, broadcast_dims: object
 ) -> tuple[jax.Array, tuple[int, ...] | None]:
     """The checks that ``dropout`` and its keep-probability variants share, before any work.
 
     Returns ``x`` as an array and the shape to draw noise at, or None when the
-    call is the identity (evaluation, or a concrete ``keep_prob`` of 1.0).
+    call is the identity (evaluation, or a concrete ``keep_prob`` of 1.0),
+    which returns ``x`` whatever its dtype. A ``key`` that is given is checked
+    either way; ``x``'s dtype only where noise is applied.
     """
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
-    _check_floating(x)
     shape = _noise_shape(x, broadcast_dims)
     concrete = _check_keep_prob(keep_prob)
-    _check_deterministic(deterministic)
-    return x, None if deterministic or concrete == 1.0 else shape
+    _key_if_given(key)
+    if _check_deterministic(deterministic) or concrete == 1.0:
+        return x, None
+    _check_noise_input(x)
+    return x, shape
 
 
 def dropout(
@@ -236,16 +245,23 @@ def dropout(
 
     Args:
       key: a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
-        Not needed when ``deterministic=True`` or ``keep_prob`` is the Python
-        value 1.0. Use a new key for every call: the same key gives the same mask.
-      x: floating array of any shape.
+        May be None when ``deterministic=True`` or ``keep_prob`` is the Python
+        value 1.0, but is checked whenever given. Use a new key for every
+        call: the same key gives the same mask.
+      x: floating or complex array of any shape (a complex value is scaled as
+        a whole: both parts kept or both dropped). Where nothing is dropped
+        (``deterministic=True``, ``keep_prob`` 1.0) any array is returned
+        unchanged, an integer or bool one included.
       keep_prob: probability of keeping an entry, in (0, 1]. A traced scalar
         (for a schedule) does not trigger recompilation; a traced 0.0 drops
         everything with zero gradients. A traced value outside [0, 1] cannot
         raise and makes the output NaN.
-      deterministic: if True, return ``x`` unchanged (evaluation).
+      deterministic: if true, return ``x`` unchanged (evaluation): a bool, or
+        a concrete real scalar read as one (``1``, ``jnp.array(True)``), as
+        Flax and Equinox read it.
       broadcast_dims: axes along which the mask is shared, e.g. ``(1,)`` for
-        one mask across all time steps of ``(batch, time, features)``.
+        one mask across all time steps of ``(batch, time, features)``: any
+        sequence of ints (a tuple, list, range, 1-D integer array).
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -254,7 +270,9 @@ def dropout(
       ValueError: if a concrete ``keep_prob`` is outside (0, 1] or NaN, an axis
         in ``broadcast_dims`` is out of range, or ``key`` is missing while
         dropout is active.
-      TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
+      TypeError: if ``x`` is neither floating nor complex while dropout is
+        active, ``key`` is given but is not a PRNG key, ``deterministic`` is
+        not read as a bool, or ``broadcast_dims`` is not a sequence of ints.
 
     Example:
       >>> import jax
@@ -267,7 +285,7 @@ def dropout(
       >>> jdrop.dropout(None, x, 0.5, deterministic=True) is x
       True
     """
-    x, mask_shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    x, mask_shape = _checked_noise_shape(key, x, keep_prob, deterministic, broadcast_dims)
     if mask_shape is None:
         return x
     typed_key = _as_key(key, or_else=OR_DETERMINISTIC)

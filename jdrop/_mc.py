@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jdrop._activation import Activation, _reject_activation_with, _resolve_activation
-from jdrop._checks import KeyLike, _as_key, _check_count
+from jdrop._checks import KeyLike, _as_key, _check_count, _key_if_given
 from jdrop._mlp import Params, _check_layer_keep_probs, _check_mlp_params, mlp_apply
 
 __all__ = ["MCPrediction", "mc_predict"]
@@ -149,7 +149,7 @@ def mc_predict(
       params: from :func:`jdrop.mlp_init`, or whatever ``apply_fn`` takes.
       x: ``(..., n_in)`` inputs for the MLP; whatever ``apply_fn`` takes.
       key: PRNG key (keyword-only); needed unless the MLP's keep
-        probabilities are all 1.0.
+        probabilities are all 1.0, and checked whenever given.
       num_samples: number of stochastic forward passes, >= 1.
       apply_fn: ``apply_fn(params, x, *, key) -> (..., classes)`` logits, one
         stochastic forward pass that draws its dropout masks from ``key``. It
@@ -221,7 +221,8 @@ def mc_predict(
         if any(value is None for value in concrete):
             raise TypeError("keep_probs must be Python floats here (they are static arguments of the jitted function).")
         active = any(value != 1.0 for value in concrete)
-        typed_key = _as_key(key) if active else jax.random.key(0)  # unused when nothing is dropped
+        given = _key_if_given(key)  # checked when given, even if nothing is dropped
+        typed_key = _as_key(key) if active else jax.random.key(0) if given is None else given
         apply_fn = _mlp_sampler(tuple(float(p) for p in concrete), activation)  # type: ignore[arg-type]
     chunk = min(int(num_samples), 16) if chunk_size is None else min(int(chunk_size), int(num_samples))
     prediction: MCPrediction = _mc_predict(params, x, typed_key, apply_fn, int(num_samples), chunk)

@@ -17,6 +17,7 @@ from jdrop._checks import (
     _check_deterministic,
     _check_floating,
     _check_keep_probs,
+    _key_if_given,
 )
 from jdrop._dropout import dropout
 
@@ -175,10 +176,12 @@ def mlp_apply(
       params: from :func:`mlp_init`.
       x: ``(..., n_in)`` inputs, usually ``(batch, n_in)``.
       key: PRNG key; required when some ``keep_probs`` entry is below 1 and
-        ``deterministic`` is False. Pass a fresh key every step.
+        ``deterministic`` is False, and checked whenever given. Pass a fresh
+        key every step.
       keep_probs: one keep probability per layer, in (0, 1], each a float or a
         traced scalar; ``None`` means no dropout.
-      deterministic: if True, the plain network: all units, no scaling, no key.
+      deterministic: if true, the plain network: all units, no scaling, no
+        key; a bool, or a concrete real scalar read as one.
       activation: "relu", "tanh", "sigmoid", "gelu", or a callable.
 
     Returns:
@@ -204,7 +207,7 @@ def mlp_apply(
       (32, 10)
     """
     _resolve_activation(activation)
-    _check_deterministic(deterministic)
+    deterministic = _check_deterministic(deterministic)
     _check_mlp_params(params, "jdrop.mlp_apply")
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
@@ -217,6 +220,7 @@ def mlp_apply(
         )
     keep, concrete = _check_layer_keep_probs(keep_probs, len(params))
     active = not deterministic and any(value != 1.0 for value in concrete)
+    _key_if_given(key)
     keys = jax.random.split(_as_key(key, or_else=OR_DETERMINISTIC), len(params)) if active else [None] * len(params)
     # Dropout on the input features; then each hidden layer's activation and
     # the next layer's input dropout run as one fused op (activation_dropout),

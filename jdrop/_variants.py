@@ -25,8 +25,11 @@ from jdrop._checks import (
     _check_deterministic,
     _check_floating,
     _check_keep_logit,
+    _check_noise_input,
     _check_positive,
     _compute_dtype,
+    _key_if_given,
+    _times,
 )
 from jdrop._dropout import _checked_noise_shape, _draw_mask, _noise_shape, dropout
 from jdrop._generator import Sharding, draw_sharding, half_uniform
@@ -137,16 +140,18 @@ def gaussian_dropout(
     one rounding to ``x.dtype``.
 
     Args:
-      key: a typed or raw PRNG key; not needed when ``deterministic=True`` or
-        ``keep_prob`` is the Python value 1.0.
-      x: floating array of any shape.
+      key: a typed or raw PRNG key; may be None when ``deterministic=True`` or
+        ``keep_prob`` is the Python value 1.0, but is checked whenever given.
+      x: floating or complex array of any shape (complex: both parts get the
+        same noise); any array where nothing is applied.
       keep_prob: in (0, 1]; sets :math:`\sigma`. A traced scalar does not
         trigger recompilation and is differentiable; at 1.0, where
         :math:`d\sigma/dp` is infinite, its derivative is defined as 0, so
         gradients stay finite. A traced value outside (0, 1] makes the
         output NaN.
-      deterministic: if True, return ``x`` unchanged (evaluation).
-      broadcast_dims: axes along which the noise is shared.
+      deterministic: if true, return ``x`` unchanged (evaluation); a bool, or
+        a concrete real scalar read as one, as for :func:`dropout`.
+      broadcast_dims: axes along which the noise is shared: any sequence of ints.
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -155,7 +160,8 @@ def gaussian_dropout(
       ValueError: if a concrete ``keep_prob`` is outside (0, 1] or NaN, an axis
         in ``broadcast_dims`` is out of range, or ``key`` is missing while
         active.
-      TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
+      TypeError: as :func:`dropout`: if ``x`` is neither floating nor complex
+        while active, or an argument has the wrong type.
 
     Example:
       >>> import jax
@@ -167,13 +173,13 @@ def gaussian_dropout(
       >>> bool(abs(y.mean() - 1) < 0.1), bool(abs(y.var() - 0.25) < 0.05)
       (True, True)
     """
-    x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    x, shape = _checked_noise_shape(key, x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
     z = _standard_normal(_as_key(key, or_else=OR_DETERMINISTIC), shape, draw_sharding(x, shape))
     std = _noise_std(jnp.asarray(keep_prob).astype(jnp.float32))
     dtype = _compute_dtype(x)
-    return (x.astype(dtype) * (1.0 + std.astype(dtype) * z.astype(dtype))).astype(x.dtype)
+    return _times(x, 1.0 + std.astype(dtype) * z.astype(dtype))
 
 
 def alpha_dropout(
@@ -202,12 +208,14 @@ def alpha_dropout(
     keep probability. Computed in at least float32, rounded once to ``x.dtype``.
 
     Args:
-      key: a typed or raw PRNG key; not needed when ``deterministic=True`` or
-        ``keep_prob`` is the Python value 1.0.
-      x: floating array of any shape, typically SELU activations.
+      key: a typed or raw PRNG key; may be None when ``deterministic=True`` or
+        ``keep_prob`` is the Python value 1.0, but is checked whenever given.
+      x: floating array of any shape, typically SELU activations (real: the
+        correction is SELU's); any array where nothing is applied.
       keep_prob: in (0, 1]. A traced scalar does not trigger recompilation; a
         traced value outside (0, 1] makes the output NaN.
-      deterministic: if True, return ``x`` unchanged (evaluation).
+      deterministic: if true, return ``x`` unchanged (evaluation); a bool, or
+        a concrete real scalar read as one, as for :func:`dropout`.
       broadcast_dims: axes along which the mask is shared (e.g. channels as in
         torch's ``FeatureAlphaDropout``).
 
@@ -218,7 +226,8 @@ def alpha_dropout(
       ValueError: if a concrete ``keep_prob`` is outside (0, 1] or NaN, an axis
         in ``broadcast_dims`` is out of range, or ``key`` is missing while
         active.
-      TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
+      TypeError: if ``x`` is not real floating while active (complex included),
+        or an argument has the wrong type, as for :func:`dropout`.
 
     Example:
       >>> import jax
@@ -228,9 +237,10 @@ def alpha_dropout(
       >>> bool(abs(y.mean()) < 0.02), bool(abs(y.std() - 1) < 0.02)
       (True, True)
     """
-    x, shape = _checked_noise_shape(x, keep_prob, deterministic, broadcast_dims)
+    x, shape = _checked_noise_shape(key, x, keep_prob, deterministic, broadcast_dims)
     if shape is None:
         return x
+    _check_floating(x)  # SELU's saturation value and correction are for real activations
     mask, q = _draw_mask(_as_key(key, or_else=OR_DETERMINISTIC), shape, keep_prob, draw_sharding(x, shape))
     dtype = _compute_dtype(x)
     q = q.astype(dtype)
@@ -262,12 +272,14 @@ def drop_path(
     * ``mode="batch"``: one decision for the whole array.
 
     Args:
-      key: a typed or raw PRNG key; not needed when ``deterministic=True`` or
-        ``keep_prob`` is the Python value 1.0.
-      x: floating array; for ``mode="row"`` with the batch on axis 0.
+      key: a typed or raw PRNG key; may be None when ``deterministic=True`` or
+        ``keep_prob`` is the Python value 1.0, but is checked whenever given.
+      x: floating or complex array; for ``mode="row"`` with the batch on
+        axis 0. Any array where nothing is applied.
       keep_prob: probability of keeping the branch, in (0, 1]. A traced scalar
         (e.g. the linear depth schedule) does not trigger recompilation.
-      deterministic: if True, return ``x`` unchanged (evaluation).
+      deterministic: if true, return ``x`` unchanged (evaluation); a bool, or
+        a concrete real scalar read as one, as for :func:`dropout`.
       mode: ``"row"`` or ``"batch"``.
 
     Returns:
@@ -277,7 +289,8 @@ def drop_path(
       ValueError: if ``mode`` is not one of the two, ``x`` is a scalar with
         ``mode="row"``, a concrete ``keep_prob`` is outside (0, 1] or NaN, or
         ``key`` is missing while active.
-      TypeError: if ``x`` is not floating, or ``key`` is not a PRNG key.
+      TypeError: as :func:`dropout`: if ``x`` is neither floating nor complex
+        while active, or an argument has the wrong type.
 
     Example:
       >>> import jax
@@ -329,15 +342,18 @@ def concrete_dropout(
     :math:`|L_i|` reaches about 22.9.
 
     Args:
-      key: a typed or raw PRNG key; not needed when ``deterministic=True``.
-      x: floating array of any shape.
+      key: a typed or raw PRNG key; may be None when ``deterministic=True``,
+        but is checked whenever given.
+      x: floating or complex array of any shape (complex: both parts get the
+        same mask); any array when ``deterministic=True``.
       keep_logit: the logit of the keep probability: a scalar, or an array
         that broadcasts to ``x.shape`` without changing it (e.g. one per
         feature, shape ``(features,)``). Gradients flow to it.
       temperature: the relaxation's temperature :math:`t > 0`; lower is closer
         to a hard mask, with noisier gradients.
-      deterministic: if True, return ``x`` unchanged (evaluation).
-      broadcast_dims: axes along which the noise is shared.
+      deterministic: if true, return ``x`` unchanged (evaluation); a bool, or
+        a concrete real scalar read as one, as for :func:`dropout`.
+      broadcast_dims: axes along which the noise is shared: any sequence of ints.
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -346,8 +362,9 @@ def concrete_dropout(
       ValueError: if ``keep_logit`` does not broadcast to ``x.shape``,
         ``temperature`` is not positive and finite, an axis in
         ``broadcast_dims`` is out of range, or ``key`` is missing while active.
-      TypeError: if ``x`` or ``keep_logit`` is not floating, or ``key`` is not
-        a PRNG key.
+      TypeError: if ``x`` is neither floating nor complex while active,
+        ``keep_logit`` is not floating, ``key`` is given but is not a PRNG
+        key, or another argument has the wrong type.
 
     Example:
       >>> import jax
@@ -366,13 +383,13 @@ def concrete_dropout(
     """
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
-    _check_floating(x)
     logit = _check_keep_logit(keep_logit, fits=x.shape)
     _check_positive(temperature, "temperature")
     shape = _noise_shape(x, broadcast_dims)
-    _check_deterministic(deterministic)
-    if deterministic:
+    _key_if_given(key)
+    if _check_deterministic(deterministic):
         return x
+    _check_noise_input(x)
     logistic = _standard_logistic(_as_key(key, or_else=OR_DETERMINISTIC), shape, draw_sharding(x, shape))
     dtype = _compute_dtype(x)
     logit = logit.astype(dtype)
@@ -382,7 +399,7 @@ def concrete_dropout(
     # log_sigmoid and its derivative are finite for every finite input.
     relaxed = (logit + logistic.astype(dtype)) / temperature
     scaled_mask = jnp.exp(jax.nn.log_sigmoid(relaxed) - jax.nn.log_sigmoid(logit))
-    return (x.astype(dtype) * scaled_mask).astype(x.dtype)
+    return _times(x, scaled_mask)
 
 
 def concrete_dropout_regularizer(

@@ -50,12 +50,10 @@ from jdrop._adapters import (
     _concrete_dropout_in_module,
     _dropout_at_rate,
     _equinox_attention_dropout,
-    _host_axes,
-    _host_flag,
     _key_source,
     _no_broadcast_dims,
 )
-from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
+from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
@@ -68,14 +66,14 @@ def _constructor_flags(inference: object, deterministic: object) -> tuple[bool, 
     Python bools, not arrays: an array field would be traced under
     ``eqx.filter_jit``, and a traced switch cannot choose whether to draw noise.
     """
-    checked_deterministic = None if deterministic is None else _host_flag(deterministic, "deterministic")
-    return _host_flag(inference, "inference"), checked_deterministic
+    checked_deterministic = None if deterministic is None else _flag(deterministic, "deterministic")
+    return _flag(inference, "inference"), checked_deterministic
 
 
 def _call_switch(layer: eqx.nn.Dropout, inference: object, deterministic: object) -> object:
     """The switch for a call, as ``eqx.nn.Dropout`` resolves it: ``deterministic`` (deprecated), then ``inference``."""
     if deterministic is not None:
-        _host_flag(deterministic, "deterministic")  # named as given, before it stands in for inference
+        _flag(deterministic, "deterministic")  # named as given, before it stands in for inference
         # Equinox's warning, word for word and of its category (UserWarning), for filters written against it.
         warnings.warn("Dropout()(deterministic=...) is deprecated in favour of Dropout()(inference=...)", stacklevel=3)
         return deterministic
@@ -122,6 +120,8 @@ class Dropout(eqx.nn.Dropout):
 
     #: Whether ``p == 1`` (zeros) is accepted; False for noise that has no limit there.
     _allow_rate_one: ClassVar[bool] = True
+    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
+    _takes_complex: ClassVar[bool] = True
 
     def __init__(
         self, p: float | jax.Array = 0.5, inference: bool = False, *, deterministic: bool | None = None
@@ -145,8 +145,10 @@ class Dropout(eqx.nn.Dropout):
         """Applies dropout to ``x``.
 
         Args:
-          x: an array (or array-like) of any shape: floating, or integer or
-            bool (promoted to the default floating dtype when noise is applied).
+          x: an array (or array-like) of any shape and dtype, as Equinox takes
+            it: floating or complex, or integer or bool (promoted to the
+            default floating dtype when noise is applied); returned unchanged
+            where nothing is applied.
           key: a PRNG key (typed or raw); needed unless in inference mode,
             ``p == 0`` or ``p == 1``.
           inference: overrides ``self.inference`` if given; anything Equinox
@@ -159,7 +161,7 @@ class Dropout(eqx.nn.Dropout):
 
         Raises:
           RuntimeError: if ``key`` is None while dropout is active (as Equinox).
-          TypeError: if ``x`` is neither real nor bool, or ``inference`` is not
+          TypeError: if ``inference`` is not
             read as a bool (a traced one included).
         """
         return _dropout_at_rate(
@@ -171,6 +173,7 @@ class Dropout(eqx.nn.Dropout):
             apply=self._apply,
             host=EQUINOX,
             allow_rate_one=self._allow_rate_one,
+            takes_complex=self._takes_complex,
         )
 
 
@@ -239,6 +242,7 @@ class AlphaDropout(Dropout):
     """
 
     _allow_rate_one: ClassVar[bool] = False
+    _takes_complex: ClassVar[bool] = False
 
     def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return alpha_dropout(key, x, keep_prob)
@@ -384,9 +388,9 @@ class ConcreteDropout(eqx.nn.Dropout):
         deterministic: bool | None = None,
     ) -> None:
         logit = _initial_keep_logit(p, "p")
-        shape = _check_shape(logit_shape)
+        shape = _check_shape(logit_shape, "logit_shape")
         _check_positive(temperature, "temperature")
-        axes = _host_axes(broadcast_dims)  # hashable: a static field
+        axes = _axes(broadcast_dims)  # hashable: a static field
         inference, deterministic = _constructor_flags(inference, deterministic)
         super().__init__(p, inference, deterministic=deterministic)  # type: ignore[arg-type]  # as Equinox takes it
         self.keep_logit = jnp.full(shape, logit, jnp.float32)
@@ -433,9 +437,9 @@ class ConcreteDropout(eqx.nn.Dropout):
         """Applies concrete dropout to ``x``.
 
         Args:
-          x: an array of any shape that ``keep_logit`` broadcasts to: floating,
-            or integer or bool (promoted to the default floating dtype when
-            noise is applied).
+          x: an array of any shape that ``keep_logit`` broadcasts to: floating
+            or complex, or integer or bool (promoted to the default floating
+            dtype when noise is applied).
           key: a PRNG key (typed or raw); needed unless in inference mode.
           inference: overrides ``self.inference`` if given; anything Equinox
             reads as a bool.
@@ -448,7 +452,7 @@ class ConcreteDropout(eqx.nn.Dropout):
         Raises:
           RuntimeError: if ``key`` is None while active (as Equinox's Dropout).
           ValueError: if ``keep_logit`` does not broadcast to ``x``'s shape.
-          TypeError: if ``x`` is neither real nor bool, or ``inference`` is not
+          TypeError: if ``inference`` is not
             read as a bool.
         """
         return _concrete_dropout_in_module(
@@ -579,7 +583,7 @@ class MultiheadAttention(eqx.nn.MultiheadAttention):
             )
             warnings.warn(message, stacklevel=2)
             inference = deterministic
-        switch = _host_flag(self.dropout.inference if inference is None else inference, "inference")
+        switch = _flag(self.dropout.inference if inference is None else inference, "inference")
         rate = _check_rate(self.dropout.p, "p")
         if switch or rate == 0.0:
             own: jax.Array = super().__call__(query, key_, value, mask, inference=True, process_heads=process_heads)

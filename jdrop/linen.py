@@ -48,11 +48,9 @@ from jdrop._adapters import (
     _dropout_at_rate,
     _flax_attention_dropout,
     _flax_weights_dropout,
-    _host_axes,
-    _host_flag,
     _no_broadcast_dims,
 )
-from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
+from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
@@ -62,7 +60,7 @@ __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDr
 def _check_deterministic_attribute(deterministic: object) -> None:
     """The ``deterministic`` attribute, if set, must be something Flax reads as a bool; checked when built."""
     if deterministic is not None:
-        _host_flag(deterministic, "deterministic")
+        _flag(deterministic, "deterministic")
 
 
 class Dropout(linen.Dropout):
@@ -108,6 +106,8 @@ class Dropout(linen.Dropout):
 
     #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
     _allow_rate_one: ClassVar[bool] = True
+    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
+    _takes_complex: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_rate(self.rate, "rate", allow_one=self._allow_rate_one)
@@ -118,7 +118,7 @@ class Dropout(linen.Dropout):
     @linen.nowrap
     def _checked_axes(self, broadcast_dims: object) -> tuple[int, ...]:
         """``broadcast_dims`` as a tuple of ints; :class:`DropPath` accepts none."""
-        return _host_axes(broadcast_dims)
+        return _axes(broadcast_dims)
 
     @linen.nowrap
     def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
@@ -135,7 +135,9 @@ class Dropout(linen.Dropout):
         """Applies dropout to ``inputs``.
 
         Args:
-          inputs: a floating array (or array-like) of any shape.
+          inputs: an array (or array-like) of any shape: floating or complex
+            (the mask applied to the complex value) where noise is applied;
+            of any dtype where nothing is (evaluation, rate 0), as in Flax.
           deterministic: True for evaluation; merged with the attribute
             (exactly one of the two must be set); anything Flax reads as a bool.
           rng: a key to use instead of ``make_rng(rng_collection)``.
@@ -147,7 +149,8 @@ class Dropout(linen.Dropout):
         Raises:
           ValueError: if ``deterministic`` is set in neither place or in both,
             or an axis of ``broadcast_dims`` is out of range.
-          TypeError: if ``inputs`` is not floating or ``deterministic`` is not
+          TypeError: if ``inputs`` is neither floating nor complex while noise
+            is applied (Flax's Dropout fails on integers too), or ``deterministic`` is not
             read as a bool.
         """
 
@@ -163,6 +166,7 @@ class Dropout(linen.Dropout):
             apply=self._apply,
             host=FLAX,
             allow_rate_one=self._allow_rate_one,
+            takes_complex=self._takes_complex,
         )
 
 
@@ -242,6 +246,7 @@ class AlphaDropout(Dropout):
     """
 
     _allow_rate_one: ClassVar[bool] = False
+    _takes_complex: ClassVar[bool] = False
 
     @linen.nowrap
     def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
@@ -383,9 +388,9 @@ class ConcreteDropout(linen.Dropout):
 
     def __post_init__(self) -> None:
         _initial_keep_logit(self.rate, "rate")
-        _check_shape(self.logit_shape)
+        _check_shape(self.logit_shape, "logit_shape")
         _check_positive(self.temperature, "temperature")
-        _host_axes(self.broadcast_dims)
+        _axes(self.broadcast_dims)
         _check_deterministic_attribute(self.deterministic)
         super().__post_init__()
 
@@ -395,7 +400,7 @@ class ConcreteDropout(linen.Dropout):
         def init(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
             return jnp.full(shape, logit, jnp.float32)
 
-        self.keep_logit = self.param("keep_logit", init, _check_shape(self.logit_shape))
+        self.keep_logit = self.param("keep_logit", init, _check_shape(self.logit_shape, "logit_shape"))
 
     @property
     def keep_prob(self) -> jax.Array:
@@ -440,7 +445,8 @@ class ConcreteDropout(linen.Dropout):
         """Applies concrete dropout to ``inputs``.
 
         Args:
-          inputs: a floating array of any shape that ``keep_logit`` broadcasts to.
+          inputs: a floating or complex array (any dtype in evaluation) of any
+            shape that ``keep_logit`` broadcasts to.
           deterministic: True for evaluation; merged with the attribute
             (exactly one of the two must be set); anything Flax reads as a bool.
           rng: a key to use instead of ``make_rng(rng_collection)``.
@@ -452,7 +458,8 @@ class ConcreteDropout(linen.Dropout):
         Raises:
           ValueError: if ``deterministic`` is set in neither place or in both,
             or ``keep_logit`` does not broadcast to ``inputs``' shape.
-          TypeError: if ``inputs`` is not floating or ``deterministic`` is not
+          TypeError: if ``inputs`` is neither floating nor complex while noise
+            is applied (Flax's Dropout fails on integers too), or ``deterministic`` is not
             read as a bool.
         """
 

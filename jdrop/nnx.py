@@ -51,11 +51,9 @@ from jdrop._adapters import (
     _first_from,
     _flax_attention_dropout,
     _flax_weights_dropout,
-    _host_axes,
-    _host_flag,
     _no_broadcast_dims,
 )
-from jdrop._checks import KeyLike, _check_positive, _check_rate, _check_shape, _initial_keep_logit
+from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
 from jdrop._dropout import dropout
 from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
 
@@ -106,7 +104,7 @@ def _deterministic(layer: nnx.Dropout, call_value: object) -> object:
 
 def _constructor_flag(deterministic: object) -> bool | None:
     """The constructor's ``deterministic``, checked now and stored as a Python bool (a static attribute)."""
-    return None if deterministic is None else _host_flag(deterministic, "deterministic")
+    return None if deterministic is None else _flag(deterministic, "deterministic")
 
 
 class Dropout(nnx.Dropout):
@@ -156,6 +154,8 @@ class Dropout(nnx.Dropout):
 
     #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
     _allow_rate_one: ClassVar[bool] = True
+    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
+    _takes_complex: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -178,7 +178,7 @@ class Dropout(nnx.Dropout):
     @staticmethod
     def _checked_axes(broadcast_dims: object) -> tuple[int, ...]:
         """``broadcast_dims`` as a tuple of ints; :class:`DropPath` accepts none."""
-        return _host_axes(broadcast_dims)
+        return _axes(broadcast_dims)
 
     def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
@@ -194,7 +194,9 @@ class Dropout(nnx.Dropout):
         """Applies dropout to ``inputs``.
 
         Args:
-          inputs: a floating array (or array-like) of any shape.
+          inputs: an array (or array-like) of any shape: floating or complex
+            (the mask applied to the complex value) where noise is applied;
+            of any dtype where nothing is (evaluation, rate 0), as in Flax.
           deterministic: overrides the module's ``deterministic`` if given;
             anything Flax reads as a bool.
           rngs: a key, ``nnx.RngStream`` or ``nnx.Rngs`` to use instead of the
@@ -208,7 +210,8 @@ class Dropout(nnx.Dropout):
           ValueError: if ``deterministic`` is set nowhere, no key source is
             available while dropout is active, or an axis of ``broadcast_dims``
             is out of range.
-          TypeError: if ``inputs`` is not floating, ``deterministic`` is not
+          TypeError: if ``inputs`` is neither floating nor complex while noise
+            is applied (Flax's Dropout fails on integers too), ``deterministic`` is not
             read as a bool, or ``rngs`` is of another type.
         """
         return _dropout_at_rate(
@@ -220,6 +223,7 @@ class Dropout(nnx.Dropout):
             apply=self._apply,
             host=FLAX,
             allow_rate_one=self._allow_rate_one,
+            takes_complex=self._takes_complex,
         )
 
 
@@ -300,6 +304,7 @@ class AlphaDropout(Dropout):
     """
 
     _allow_rate_one: ClassVar[bool] = False
+    _takes_complex: ClassVar[bool] = False
 
     def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
         return alpha_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
@@ -449,11 +454,11 @@ class ConcreteDropout(nnx.Dropout):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
         logit = _initial_keep_logit(rate, "rate")
-        shape = _check_shape(logit_shape)
+        shape = _check_shape(logit_shape, "logit_shape")
         _check_positive(temperature, "temperature")
         super().__init__(
             rate,  # type: ignore[arg-type]  # Flax annotates a float; it takes a 0-d array as well
-            broadcast_dims=_host_axes(broadcast_dims),
+            broadcast_dims=_axes(broadcast_dims),
             deterministic=_constructor_flag(deterministic),  # type: ignore[arg-type, unused-ignore]  # flax 0.12.4 annotates bool
             rng_collection=rng_collection,
             rngs=rngs,
@@ -504,7 +509,8 @@ class ConcreteDropout(nnx.Dropout):
         """Applies concrete dropout to ``inputs``.
 
         Args:
-          inputs: a floating array of any shape that ``keep_logit`` broadcasts to.
+          inputs: a floating or complex array (any dtype in evaluation) of any
+            shape that ``keep_logit`` broadcasts to.
           deterministic: overrides the module's ``deterministic`` if given;
             anything Flax reads as a bool.
           rngs: a key, ``nnx.RngStream`` or ``nnx.Rngs`` to use instead of the
@@ -518,7 +524,8 @@ class ConcreteDropout(nnx.Dropout):
           ValueError: if ``deterministic`` is set nowhere, no key source is
             available while active, or ``keep_logit`` does not broadcast to
             ``inputs``' shape.
-          TypeError: if ``inputs`` is not floating, ``deterministic`` is not
+          TypeError: if ``inputs`` is neither floating nor complex while noise
+            is applied (Flax's Dropout fails on integers too), ``deterministic`` is not
             read as a bool, or ``rngs`` is of another type.
         """
         return _concrete_dropout_in_module(

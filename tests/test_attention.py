@@ -508,7 +508,7 @@ class ErrorTest(parameterized.TestCase):
         ("keep_prob_zero", {"keep_prob": 0.0}, ValueError, "keep_prob"),
         ("keep_prob_large", {"keep_prob": 1.5}, ValueError, "keep_prob"),
         ("broadcast_dims", {"broadcast_dims": (4,)}, ValueError, "broadcast_dims"),
-        ("deterministic", {"deterministic": 1}, TypeError, "deterministic"),
+        ("deterministic", {"deterministic": "no"}, TypeError, "deterministic"),
         ("is_causal", {"is_causal": "yes"}, TypeError, "is_causal"),
         ("missing_key", {"dropout_key": None}, ValueError, "dropout_key"),
         ("implementation", {"implementation": "triton"}, ValueError, "implementation"),

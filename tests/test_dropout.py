@@ -387,10 +387,21 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"broadcast_dims.*out of range.*-2 to 1"):
             jdrop.dropout(jax.random.key(0), jnp.ones((3, 4)), 0.5, broadcast_dims=dims)
 
-    @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64])
-    def test_non_floating_x(self, dtype):
-        with pytest.raises(TypeError, match="x must have a floating dtype"):
-            jdrop.dropout(jax.random.key(0), jnp.ones(3, dtype), 0.5)
+    @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+    def test_integer_and_bool_x_are_refused_where_dropped_and_returned_where_not(self, dtype):
+        x = jnp.ones(3, dtype)
+        with pytest.raises(TypeError, match="x must have a floating or complex dtype where noise is applied"):
+            jdrop.dropout(jax.random.key(0), x, 0.5)
+        assert jdrop.dropout(None, x, 0.5, deterministic=True) is x  # as Flax's Dropout returns them
+        assert jdrop.dropout(None, x, 1.0) is x
+
+    def test_complex_x_is_dropped_as_a_whole(self):
+        # The mask applied to the complex value: each part exactly what a real array gets.
+        re, im = jax.random.normal(jax.random.key(1), (2, 8, 16))
+        y = jdrop.dropout(jax.random.key(0), jax.lax.complex(re, im), 0.7, broadcast_dims=(1,))
+        assert y.dtype == jnp.complex64
+        np.testing.assert_array_equal(y.real, jdrop.dropout(jax.random.key(0), re, 0.7, broadcast_dims=(1,)))
+        np.testing.assert_array_equal(y.imag, jdrop.dropout(jax.random.key(0), im, 0.7, broadcast_dims=(1,)))
 
     def test_bad_mask_shape_and_traced_deterministic(self):
         key = jax.random.key(0)  # never consumed: the checks come first
@@ -437,7 +448,7 @@ class InputHandlingTest(parameterized.TestCase):
 
     def test_broadcast_dims_must_be_a_sequence(self):
         for bad in (1, "1", 1.0):
-            with pytest.raises(TypeError, match=r"broadcast_dims must be a sequence of axes, e\.g\. \(1,\)"):
+            with pytest.raises(TypeError, match=r"broadcast_dims must be a sequence of int axes, e\.g\. \(1,\)"):
                 jdrop.dropout(jax.random.key(33), jnp.ones((2, 3)), 0.5, broadcast_dims=bad)
 
 

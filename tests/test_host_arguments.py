@@ -500,7 +500,7 @@ def test_integer_inputs_which_flax_cannot_drop_out_raise_naming_them(host):
     x = jnp.ones(SHAPE, jnp.int32)
     for cls_name in CLASSES:
         cls = getattr(MODULES[host], cls_name)
-        with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+        with pytest.raises(TypeError, match="inputs must have a floating or complex dtype"):
             if host == "nnx":
                 cls(0.25, rngs=nnx.Rngs(dropout=0))(x)
             else:

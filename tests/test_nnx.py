@@ -183,7 +183,7 @@ def test_errors_name_the_argument():
         jdrop.nnx.Dropout(0.5, deterministic=None)(jnp.ones(3))
     with pytest.raises(TypeError, match=r"rngs must be an nnx\.Rngs"):
         jdrop.nnx.Dropout(0.5)(jnp.ones(3), rngs=3)
-    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+    with pytest.raises(TypeError, match="inputs must have a floating or complex dtype"):
         jdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))(jnp.ones(3, jnp.int32))
 
 
@@ -502,6 +502,6 @@ def test_concrete_dropout_errors_name_the_argument_and_the_range():
     layer = jdrop.nnx.ConcreteDropout(logit_shape=(3,), rngs=nnx.Rngs(dropout=0))
     with pytest.raises(ValueError, match="keep_logit must broadcast to the shape of inputs"):
         layer(jnp.ones((2, 4)))
-    with pytest.raises(TypeError, match="inputs must have a floating dtype"):
+    with pytest.raises(TypeError, match="inputs must have a floating or complex dtype"):
         layer(jnp.ones(3, jnp.int32))
     assert layer.rngs.count[...] == 0  # no key drawn for a call that fails its checks

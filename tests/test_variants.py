@@ -428,7 +428,7 @@ class TestErrors:
 
     @pytest.mark.parametrize("fn", (*KEEP_PROB_FUNCTIONS, jdrop.concrete_dropout))
     def test_integer_inputs(self, fn):
-        with pytest.raises(TypeError, match="x must have a floating dtype"):
+        with pytest.raises(TypeError, match="x must have a floating"):
             fn(jax.random.key(0), jnp.ones(3, jnp.int32), 0.5)
 
     @pytest.mark.parametrize("fn", (jdrop.gaussian_dropout, jdrop.alpha_dropout, jdrop.concrete_dropout))
