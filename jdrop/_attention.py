@@ -977,11 +977,11 @@ def dot_product_attention(
         _tile_sizes(block_size, t, s, "loop")  # checked now, before any work
     if implementation not in (None, "xla", "cudnn"):
         raise ValueError(f"implementation must be None, 'xla' or 'cudnn', got {implementation!r}.")
-    _check_deterministic(deterministic)
+    switched_off = _check_deterministic(deterministic)
     concrete_keep_prob = _check_keep_prob(keep_prob)
     shared = _check_broadcast_dims(broadcast_dims, len(weights), of="the attention weights (..., N, T, S)")
     _key_if_given(dropout_key, "dropout_key")
-    dropout_on = not (deterministic or concrete_keep_prob == 1.0)
+    dropout_on = not (switched_off or concrete_keep_prob == 1.0)
     typed_key = _as_key(dropout_key, "dropout_key", or_else=OR_DETERMINISTIC) if dropout_on else None
     if key_lengths is not None:  # keys at or beyond the length: a (..., 1, 1, S) mask, no (T, S) array
         keys = lax.broadcasted_iota(key_lengths.dtype, (*batch, s), len(batch))
