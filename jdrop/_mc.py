@@ -95,11 +95,11 @@ def _mc_predict(
     ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
         chunk_keys, chunk_weights = chunk
         probs, entropy = jax.vmap(probs_of)(chunk_keys)  # (chunk, ..., classes): bounded memory
-        shift = probs - reference_probs
+        shift = probs - reference_probs[None]  # the chunk's samples against sample 0
         return (
             sums[0] + jnp.tensordot(chunk_weights, shift, axes=1),
             sums[1] + jnp.tensordot(chunk_weights, shift * shift, axes=1),
-            sums[2] + jnp.tensordot(chunk_weights, entropy - reference_entropy, axes=1),
+            sums[2] + jnp.tensordot(chunk_weights, entropy - reference_entropy[None], axes=1),
         ), None
 
     zeros = jnp.zeros_like(reference_probs)

@@ -227,6 +227,13 @@ def mlp_apply(
     # whose backward pass keeps only its output.
     a = dropout(keys[0], x, keep[0], deterministic=not active)
     for i, layer in enumerate(params[:-1]):
-        z = a @ layer["w"] + layer["b"]
+        z = _affine(a, layer)
         a = activation_dropout(keys[i + 1], z, keep[i + 1], activation=activation, deterministic=not active)
-    return a @ params[-1]["w"] + params[-1]["b"]
+    return _affine(a, params[-1])
+
+
+def _affine(a: jax.Array, layer: dict[str, jax.Array]) -> jax.Array:
+    """``a @ w + b``, the bias given the product's rank (no rank promotion, as Flax's Dense adds it)."""
+    z = a @ layer["w"]
+    bias = layer["b"]
+    return z + bias.reshape((1,) * (z.ndim - bias.ndim) + bias.shape)

@@ -392,7 +392,7 @@ def concrete_dropout(
     _check_noise_input(x)
     logistic = _standard_logistic(_as_key(key, or_else=OR_DETERMINISTIC), shape, draw_sharding(x, shape))
     dtype = _compute_dtype(x)
-    logit = logit.astype(dtype)
+    logit = logit.astype(dtype).reshape((1,) * (len(shape) - logit.ndim) + logit.shape)  # the noise's rank
     # The mask over the keep probability, sigmoid(z) / sigmoid(logit), in log
     # space: for a logit below about -88 both are below float32's range, and
     # the direct form (1 + exp(-logit) overflowing times a mask of 0) was NaN.

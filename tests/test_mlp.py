@@ -20,7 +20,7 @@ def hand_forward(params, x, activation, keys=None, keep_probs=None):
     for i, layer in enumerate(params):
         if keys is not None:
             a = jdrop.dropout(keys[i], a, keep_probs[i])
-        a = jnp.dot(a, layer["w"]) + layer["b"]
+        a = jnp.dot(a, layer["w"]) + layer["b"][None]
         if i < len(params) - 1:
             a = activation(a)
     return a
