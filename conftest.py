@@ -6,6 +6,20 @@ The doctests get no names from here: every example imports what it uses, so it r
 import os
 from collections.abc import Iterator
 
+# The suite is mostly XLA compiling small programs for the CPU, and its
+# assertions do not depend on how well LLVM optimises them: at optimisation
+# level 0 the whole suite compiles about a quarter faster. Set before the
+# backend starts (at the first computation). JDROP_TEST_XLA_DEFAULTS=1 keeps
+# XLA's defaults, the code users run; CI's first leg runs that way.
+if not os.environ.get("JDROP_TEST_XLA_DEFAULTS"):
+    os.environ["XLA_FLAGS"] = " ".join(
+        (
+            os.environ.get("XLA_FLAGS", ""),
+            "--xla_backend_optimization_level=0",
+            "--xla_llvm_disable_expensive_passes=true",
+        )
+    ).strip()
+
 import jax
 import pytest
 from hypothesis import HealthCheck, settings
@@ -41,7 +55,31 @@ settings.register_profile("explore", derandomize=False, max_examples=1000, **_PR
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test module's SLOW_CASES names the cases of its sweeps that run in the
+    # slow suite only: every behaviour keeps at least one case in the default run.
+    # The eager variant (chex's `__without_jit`) of a swept test, e.g.
+    # `test_x_(keep_prob=0.5)__without_jit`, keeps its first case in the default
+    # run and the others in the slow suite: eager calls compile every primitive
+    # on its own, so they cost the most, and every case keeps its jitted variant.
+    eager_cases_seen: set[tuple[str, str]] = set()
+    for item in items:
+        if item.name in getattr(getattr(item, "module", None), "SLOW_CASES", ()):
+            item.add_marker(pytest.mark.slow)
+        elif item.name.endswith("__without_jit") and "_(" in item.name:
+            sweep = (item.nodeid.split("::")[0], item.name.split("_(")[0])
+            if sweep in eager_cases_seen:
+                item.add_marker(pytest.mark.slow)
+            eager_cases_seen.add(sweep)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end runs, multi-device and multi-process subprocesses, exhaustive sweeps and the docs build; "
+        "deselected by default (pyproject.toml's addopts), run with `pytest -m slow` (CI's second leg does)",
+    )
     config.addinivalue_line(
         "markers", "standard_promotion: run with JAX's standard dtype promotion (for optax code that needs it)"
     )

@@ -575,6 +575,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow  # a 4-device subprocess
 def test_sharded_inputs_give_the_unsharded_result():
     results = run_on_host_devices(["-c", SHARDING_CHECK], 4)
     assert results == dict.fromkeys(("batch x heads", "queries", "keys", "explicit batch x heads"), True), results
@@ -634,3 +635,22 @@ class ScheduleTest(chex.TestCase):
         expected = jax.grad(loss(materialised, keep_prob=0.8), (0, 1, 2))(q, k, v)
         for got, want in zip(ours, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=64 * 10 * EPS32 * float(jnp.max(jnp.abs(want))))
+
+
+# The sweeps' further cases, in the slow suite (`pytest -m slow`): each behaviour above keeps its
+# causal and grouped-query cases (and the default block, eagerly) in the default run.
+SLOW_CASES = frozenset(
+    {
+        "test_dropout_equals_materialised_formula_bias_broadcast_padding__with_jit",
+        "test_dropout_equals_materialised_formula_causal_t_ne_s_random_mask__with_jit",
+        "test_dropout_equals_materialised_formula_no_batch_shared_keys__with_jit",
+        "test_dropout_equals_materialised_formula_eager_and_jit_batch_3d_shared_batch_and_queries__without_jit",
+        "test_dropout_equals_materialised_formula_eager_and_jit_t_ne_s_ragged__without_jit",
+        "test_gradients_match_autodiff_of_the_formula_bias_broadcast_padding__with_jit",
+        "test_gradients_match_autodiff_of_the_formula_t_ne_s_ragged__with_jit",
+        "test_reverse_over_reverse_matches_the_formula_gqa_mask",
+        "test_reverse_over_reverse_matches_the_formula_padding",
+        "test_vmap_schedule_equals_loop_schedule_gqa_shared_heads",
+        "test_low_precision_inputs_float16",
+    }
+)

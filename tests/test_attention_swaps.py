@@ -410,6 +410,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a 4-device subprocess
 def test_sharded_swap_gives_the_unsharded_result_without_collectives():
     assert run_on_host_devices(["-c", SHARDING_CHECK], 4) == {"equal": True, "collectives": []}
 
@@ -427,3 +428,21 @@ def test_each_swap_consumes_its_key_once():
     module(x, x, x, key=key)
     with pytest.raises(jax.errors.KeyReuseError):
         module(x, x, x, key=key)
+
+
+# The sweeps' further cases, in the slow suite (`pytest -m slow`): each behaviour above keeps at
+# least one case, jitted and eager, in the default run.
+SLOW_CASES = frozenset(
+    {
+        "test_dropout_equals_flax_formula_with_jdrop_mask_batch_3d__without_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_bias_padding__without_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_causal_gqa__without_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_per_example_masks__without_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_ragged_t_ne_s__without_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_per_example_masks__with_jit",
+        "test_dropout_equals_flax_formula_with_jdrop_mask_ragged_t_ne_s__with_jit",
+        "test_equals_equinox_with_jdrop_dropout_mask_per_head__without_jit",
+        "test_equals_equinox_with_jdrop_dropout_no_mask__without_jit",
+        "test_gradients_match_autodiff_of_the_formula_ragged_t_ne_s",
+    }
+)

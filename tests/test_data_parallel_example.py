@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Multi-process runs of the example (subprocesses): in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "data_parallel.py"
 SMALL = ["--hidden", "64", "64", "--batch-size", "64", "--chunk", "50", "--checkpoint-every", "100"]

@@ -32,6 +32,7 @@ def test_pages_have_code():
     assert {"index.md", "getting_started.md", "family.md", "mc_dropout.md", "scaling.md"} <= set(pages_with_code)
 
 
+@pytest.mark.slow  # the pages' training loops, end to end
 @pytest.mark.standard_promotion  # the pages train with optax.adam, as users do
 @pytest.mark.parametrize("page", [page for page in PAGES if python_blocks(page)], ids=lambda page: page.name)
 def test_page_code_runs(page, capsys):

@@ -23,6 +23,9 @@ import pytest
 
 import jdrop
 
+# Short runs of the examples, end to end: in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

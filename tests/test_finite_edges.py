@@ -19,6 +19,9 @@ from scipy.special import expit
 
 import jdrop
 
+# The exhaustive sweep of edges (function x keep_prob x dtype): in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 KEEP_PROBS = (1e-4, 2.0**-16, 0.3, 0.9, 1.0 - 2.0**-16, 1.0)
 FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
 KEEP_LOGITS = (-FLOAT32_MAX, -1e4, -200.0, -88.8, -88.0, -30.0, 0.0, 30.0, 88.8, 200.0, 1e4, FLOAT32_MAX)

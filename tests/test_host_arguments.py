@@ -43,6 +43,9 @@ import jdrop.equinox
 import jdrop.linen
 import jdrop.nnx
 
+# The exhaustive sweep (host x class x argument x value): in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 HOSTS = ("nnx", "linen", "equinox")
 CLASSES = ("Dropout", "GaussianDropout", "AlphaDropout", "DropPath", "ConcreteDropout")
 MODULES = {"nnx": jdrop.nnx, "linen": jdrop.linen, "equinox": jdrop.equinox}

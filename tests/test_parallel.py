@@ -9,6 +9,9 @@ from multidevice_checks import run_on_host_devices
 
 import jdrop
 
+# 2- and 8-device subprocesses: in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 CHECKS = Path(__file__).with_name("multidevice_checks.py")
 EXPLICIT_CHECKS = Path(__file__).with_name("explicit_sharding_checks.py")
 LAYOUTS = ("batch", "features", "2-D mesh 4x2", "2-D mesh 2x4")

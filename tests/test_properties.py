@@ -10,10 +10,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 import jdrop
+
+# A property sweep (30 examples, each compiling anew): in the slow suite, `pytest -m slow`.
+pytestmark = pytest.mark.slow
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 

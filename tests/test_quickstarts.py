@@ -38,6 +38,7 @@ def test_quickstart_is_short_standalone_and_changes_one_line(host):
     assert max(len(line) for line in source.splitlines()) <= 80
 
 
+@pytest.mark.slow  # each quickstart's training loop, end to end
 @pytest.mark.parametrize("host", HOSTS)
 def test_quickstart_learns(host):
     env = {**os.environ, "QUICKSTART_EPOCHS": "5", "JAX_PLATFORMS": "cpu", "JAX_DEBUG_KEY_REUSE": "true"}

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Builds the whole site (about 15 s): in the slow suite, `pytest -m slow`, beside CI's docs build.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
