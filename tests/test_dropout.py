@@ -479,3 +479,24 @@ def test_remat_keeps_no_mask_alive():
     mask_bytes = batch * width  # one bool mask of a layer's activations
     assert temp_bytes(lambda key, h: jdrop.dropout(key, h, 0.9)) < plain + mask_bytes // 16
     assert temp_bytes(bernoulli) > plain + mask_bytes  # the measure can tell a kept mask
+
+
+def test_an_explicit_mesh_draws_the_mask_of_the_unsharded_array():
+    # One device: the same code path as on many (counters sharded as the input), in this process.
+    from jax.sharding import PartitionSpec
+
+    mesh = jax.make_mesh((1,), ("batch",), axis_types=(jax.sharding.AxisType.Explicit,))
+    x = jnp.arange(24.0).reshape(4, 6)
+    key = jax.random.key(3)
+    expected = jdrop.dropout(jax.random.clone(key), x, 0.5)
+    expected_mask = jdrop.dropout_mask(jax.random.clone(key), x.shape, 0.5)
+    sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, PartitionSpec("batch")))
+    eager = jdrop.dropout(jax.random.clone(key), sharded, 0.5)  # outside set_mesh: drawn whole
+    with jax.set_mesh(mesh):
+        y = jax.jit(lambda key, x: jdrop.dropout(key, x, 0.5))(jax.random.clone(key), sharded)
+        mask = jdrop.dropout_mask(jax.random.clone(key), x.shape, 0.5, out_sharding=PartitionSpec("batch"))
+        with pytest.raises(ValueError, match="out_sharding"):
+            jdrop.dropout_mask(key, x.shape, 0.5, out_sharding=PartitionSpec("batch", None, None))
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(mask, expected_mask)

@@ -286,3 +286,20 @@ def test_runtime_dependencies_are_exactly_what_import_jdrop_needs():
     # numpy comes with jax (a dependency of jax itself); jaxlib is jax's compiled half, needed but never imported.
     assert third_party == {"jax", "numpy", "optax"}, third_party
     assert declared == {"jax", "jaxlib", "optax"}, declared
+
+
+def test_argument_rules_at_their_edges():
+    # The shared rules of jdrop._checks on the values that reach their rarer branches.
+    x, key = jnp.ones((2, 3)), jax.random.key(0)
+    with pytest.raises(ValueError, match="keep_prob must be a scalar"):
+        jax.jit(lambda p: jdrop.dropout(key, x, p))(jnp.full((2,), 0.5))
+    with pytest.raises(TypeError, match="keep_prob must be"):
+        jax.jit(lambda p: jdrop.dropout(key, x, p))(jnp.array(True))
+    with pytest.raises(TypeError, match="keep_prob must be"):
+        jdrop.dropout(key, x, [[0.5], [0.5, 0.5]])  # ragged: not an array
+    with pytest.raises(TypeError, match="broadcast_dims"):
+        jdrop.dropout(key, x, 0.5, broadcast_dims=np.array(1))  # 0-d: not a sequence
+    # A 0-d array switch reads as a bool, as the hosts read it.
+    np.testing.assert_array_equal(jdrop.dropout(None, x, 0.5, deterministic=jnp.array(True)), x)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        jdrop.no_such_name  # noqa: B018

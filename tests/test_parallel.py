@@ -9,9 +9,6 @@ from multidevice_checks import run_on_host_devices
 
 import jdrop
 
-# 2- and 8-device subprocesses: in the slow suite, `pytest -m slow`.
-pytestmark = pytest.mark.slow
-
 CHECKS = Path(__file__).with_name("multidevice_checks.py")
 EXPLICIT_CHECKS = Path(__file__).with_name("explicit_sharding_checks.py")
 LAYOUTS = ("batch", "features", "2-D mesh 4x2", "2-D mesh 2x4")
@@ -30,6 +27,7 @@ def results():
     return run_on_host_devices([str(CHECKS)], 8)
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_results_do_not_depend_on_the_layout(results, layout):
     checks = results["layouts"][layout]
@@ -39,6 +37,7 @@ def test_results_do_not_depend_on_the_layout(results, layout):
     assert checks["mask_sharding_kept"]
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sharded_dropout_needs_no_communication_and_draws_only_its_shard(results, layout):
     checks = results["layouts"][layout]
@@ -52,6 +51,7 @@ def explicit_results(request):
     return run_on_host_devices([str(EXPLICIT_CHECKS), str(request.param)], request.param)["cases"]
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_explicit_sharding_checks_all_ran(explicit_results):
     errors = {case: entry["error"] for case, entry in explicit_results.items() if "error" in entry}
     assert not errors, errors
@@ -62,6 +62,7 @@ def _ran(explicit_results):
     return {case: entry for case, entry in explicit_results.items() if "error" not in entry}
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_explicit_sharding_costs_a_device_no_more_than_auto(explicit_results):
     """Under an Explicit mesh each device draws only its shard, as it does under an Auto one (issue 20)."""
     over = {
@@ -72,6 +73,7 @@ def test_explicit_sharding_costs_a_device_no_more_than_auto(explicit_results):
     assert not over, f"flops per device (Explicit, Auto): {over}"
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_explicit_sharding_has_no_op_at_the_global_shape(explicit_results):
     """No uint32 op of the compiled program has a draw's global shape: the counters are sharded too."""
     for mode in ("Explicit", "Auto"):
@@ -79,12 +81,14 @@ def test_explicit_sharding_has_no_op_at_the_global_shape(explicit_results):
         assert not any(whole.values()), f"{mode}: {whole}"
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_explicit_sharding_gives_the_unsharded_values_with_the_input_sharding(explicit_results):
     for check in ("differs_from_unsharded", "sharding_changed"):
         found = {case: entry[check] for case, entry in _ran(explicit_results).items() if entry[check]}
         assert not found, f"{check}: {found}"
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_data_parallel_training_matches_one_device(results):
     assert results["data_parallel_steps"] == 50
     assert results["data_parallel_params_replicated"]
@@ -92,10 +96,12 @@ def test_data_parallel_training_matches_one_device(results):
     assert results["data_parallel_max_abs_difference"] <= 1e-6
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_typed_keys_are_sharded_and_replicated_with_their_values_and_implementation(results):
     assert results["typed_keys"] == dict.fromkeys(results["typed_keys"], True) and len(results["typed_keys"]) == 6
 
 
+@pytest.mark.slow  # its fixture runs a 2- or 8-device subprocess
 def test_uneven_batches_are_refused(results):
     assert "size 12, which 8 devices cannot split evenly" in results["uneven_batch_error"]
 
