@@ -157,7 +157,8 @@ def bench_mask_sizes(
             f"| {medians['x * c'] * 1e3:.2f} | {medians['jdrop'] / medians['x * c']:.2f}x |"
         )
     return [
-        "Forward dropout, float32, keep 0.8, jitted, at several sizes: jdrop against the peers' formula "
+        "Forward dropout, float32, keep 0.8, jitted, at several sizes (each size in its own interleaved rounds, "
+        "separate from the table above): jdrop against the peers' formula "
         "`where(jax.random.bernoulli(key, 0.8, shape), x / 0.8, 0)` with keys of each `jax.random` implementation "
         "(`jax.random.key(0, impl=...)`); median ms per call (in brackets: the time / jdrop's). `x * c` reads and "
         "writes the array once: the floor any dropout pays. Where `x * c` is cache-resident (small arrays), jdrop's "
@@ -172,20 +173,11 @@ def bench_mask_sizes(
 
 
 def bench_mask(shape: tuple[int, int], rounds: int, calls: int, min_round_seconds: float = 0.2) -> list[str]:
-    print(f"dropout forward, {shape} float32, keep {KEEP_PROB}")
+    """Forward and forward + backward of each dropout and of ``x * c``, all in the same interleaved rounds."""
+    print(f"dropout forward, and forward + backward, {shape} float32, keep {KEEP_PROB}")
     key = jax.random.key(0)
     x = jax.random.normal(jax.random.key(1), shape)
-    runs: dict[str, Callable[[], Any]] = {}
-    for name, fn in DROPOUTS.items():
-        jitted = jax.jit(fn)
-        runs[name] = lambda jitted=jitted: jitted(key, x)
-    floor = jax.jit(lambda x: x * (1.0 / KEEP_PROB))
-    runs["x * c (memory floor)"] = lambda: floor(x)
-    forward = interleaved_medians(runs, rounds, calls, min_round_seconds)
-
-    print(f"dropout forward + backward (output and input gradient), {shape} float32, keep {KEEP_PROB}")
     cotangent = jax.random.normal(jax.random.key(2), shape)
-    runs = {}
 
     # Key and cotangent are arguments, not closed-over constants, so XLA cannot
     # fold them into the executable.
@@ -193,25 +185,33 @@ def bench_mask(shape: tuple[int, int], rounds: int, calls: int, min_round_second
         out, pullback = jax.vjp(fn, x)
         return out, pullback(cotangent)[0]
 
-    for name, fn in DROPOUTS.items():
-        both_fn = jax.jit(lambda key, x, cotangent, fn=fn: forward_backward(lambda x: fn(key, x), x, cotangent))
-        runs[name] = lambda both_fn=both_fn: both_fn(key, x, cotangent)
-    floor_both = jax.jit(lambda x, cotangent: forward_backward(lambda x: x * (1.0 / KEEP_PROB), x, cotangent))
-    runs["x * c (memory floor)"] = lambda: floor_both(x, cotangent)
-    both = interleaved_medians(runs, rounds, calls, min_round_seconds)
+    ops: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+        **DROPOUTS,
+        "x * c": lambda key, x: x * (1.0 / KEEP_PROB),
+    }
+    runs: dict[str, Callable[[], Any]] = {}
+    for name, fn in ops.items():
+        forward = jax.jit(fn)
+        both = jax.jit(lambda key, x, cotangent, fn=fn: forward_backward(lambda x: fn(key, x), x, cotangent))
+        runs[f"{name} fwd"] = lambda forward=forward: forward(key, x)
+        runs[f"{name} fwd+bwd"] = lambda both=both: both(key, x, cotangent)
+    medians = interleaved_medians(runs, rounds, calls, min_round_seconds)
 
-    ours_fwd, ours_both = forward["jdrop.dropout"], both["jdrop.dropout"]
+    ours_fwd, ours_both = medians["jdrop.dropout fwd"], medians["jdrop.dropout fwd+bwd"]
     lines = [
         f"Dropout on a {shape[0]}x{shape[1]} float32 array, keep {KEEP_PROB}, jitted; median ms per call "
-        "(ratio: the row's time / jdrop's).",
+        "(ratio: the row's time / jdrop's). Every cell of this table comes from the same interleaved rounds. "
+        "`x * c` multiplies by the constant 1 / keep: one read and one write of the array and no mask, the "
+        "scaling's cost alone, for reference.",
         "",
         "| op | forward ms | forward ratio | forward + backward ms | fwd+bwd ratio |",
         "|---|---|---|---|---|",
     ]
-    for name in runs:
+    for name in ops:
+        forward_ms, both_ms = medians[f"{name} fwd"], medians[f"{name} fwd+bwd"]
         lines.append(
-            f"| {name} | {forward[name] * 1e3:.2f} | {forward[name] / ours_fwd:.2f}x "
-            f"| {both[name] * 1e3:.2f} | {both[name] / ours_both:.2f}x |"
+            f"| {name} | {forward_ms * 1e3:.2f} | {forward_ms / ours_fwd:.2f}x "
+            f"| {both_ms * 1e3:.2f} | {both_ms / ours_both:.2f}x |"
         )
     return lines
 
