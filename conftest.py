@@ -1,9 +1,12 @@
-"""Test-wide settings: JAX's key-reuse checker, strict dtype and rank promotion, hypothesis profiles.
+"""Test-wide settings: key-reuse checker, strict dtype and rank promotion, compilation, slow suite, hypothesis.
 
 The doctests get no names from here: every example imports what it uses, so it runs as printed.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 # The suite is mostly XLA compiling small programs for the CPU, and its
@@ -32,6 +35,17 @@ from hypothesis import HealthCheck, settings
 # module-level code and module-scoped fixtures, which run outside
 # function-scoped fixtures.
 jax.config.update("jax_debug_key_reuse", True)
+
+# One compilation cache for the run, shared by the pytest-xdist workers (they
+# inherit the variable from the process that made it, which removes it at
+# exit): the many tests that compile the same program compile it once. It
+# starts empty, so a run times what a fresh checkout takes.
+if "JDROP_TEST_COMPILATION_CACHE" not in os.environ:
+    os.environ["JDROP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jdrop-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JDROP_TEST_COMPILATION_CACHE"], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JDROP_TEST_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Rank promotion (adding a (3,) array to a (2, 3) one) is an error, as in
 # Equinox's own test suite: a user who sets it must be able to run jdrop.
 jax.config.update("jax_numpy_rank_promotion", "raise")
