@@ -133,10 +133,7 @@ def _tile_logits(
     if mask is not None:
         allowed = allowed & _slice(_slice(mask, 0, q_start, tq), 1, k_start, cfg.k_block)
     row = q_start + lax.broadcasted_iota(jnp.int32, (tq, 1), 0)
-    if cfg.is_causal:  # jax.nn's convention: query t attends keys 0..t
-        allowed = allowed & (col <= row)
-    if cfg.window is not None:
-        allowed = allowed & (col >= row - cfg.window[0]) & (col <= row + cfg.window[1])
+    allowed = _causal_and_window(allowed, row, col, cfg.is_causal, cfg.window)
     if not (padded or mask is not None or cfg.is_causal or cfg.window is not None):
         return logits, allowed  # every key attends: no select to pay for
     logits = jnp.where(allowed, logits, jnp.float32(cfg.masked_logit))
@@ -635,7 +632,14 @@ def _positions_allowed(t: int, s: int, is_causal: bool, window: tuple[int, int] 
         return None
     row = lax.broadcasted_iota(jnp.int32, (t, s), 0)
     col = lax.broadcasted_iota(jnp.int32, (t, s), 1)
-    allowed = jnp.ones((t, s), bool)
+    return _causal_and_window(jnp.ones((t, s), bool), row, col, is_causal, window)
+
+
+def _causal_and_window(
+    allowed: jax.Array, row: jax.Array, col: jax.Array, is_causal: bool, window: tuple[int, int] | None
+) -> jax.Array:
+    """``allowed`` and where query ``row`` may attend key ``col`` (jax.nn's conventions): by causality, query t
+    attends keys 0..t; by the window (left, right), keys t - left .. t + right."""
     if is_causal:
         allowed = allowed & (col <= row)
     if window is not None:
