@@ -288,7 +288,10 @@ class FlaxEdgesTest(chex.TestCase):
         finite = jnp.isfinite(expected)
         np.testing.assert_allclose(jnp.where(finite, out, 0.0), jnp.where(finite, expected, 0.0), atol=atol(v, 10, 0.3))
         evaluation = jdrop.nnx.dot_product_attention(q, k, v, bias, deterministic=True, dropout_rate=0.3)
-        np.testing.assert_array_equal(evaluation, nnx.dot_product_attention(q, k, v, bias, deterministic=True))
+        # Flax's own result for the same arguments: with dropout_rate 0.3 it takes its weights path, not
+        # jax.nn's fast path (the two differ in the last bit).
+        host = nnx.dot_product_attention(q, k, v, bias, deterministic=True, dropout_rate=0.3)
+        np.testing.assert_array_equal(evaluation, host)
 
 
 class EquinoxTest(chex.TestCase):
