@@ -5,6 +5,9 @@ host's arguments and RNG; everything else they hand to this module, which
 knows the hosts' conventions but imports neither Flax nor Equinox
 (``import jdrop`` must not load them):
 
+* the dropout family's members as the layers apply them (:class:`Variant`:
+  the core function, which rates and inputs it takes), defined once for the
+  three hosts, so that a host's variant class is its docstring and one line;
 * the drop *rate* (``1 - keep_prob``) and its edge cases: rate 0 and
   evaluation return the inputs, rate 1 returns zeros, and neither draws a key;
 * the switches (``deterministic``, ``inference``), read by truthiness as the
@@ -41,11 +44,13 @@ from jdrop._checks import (
     _check_noise_input,
     _check_positive,
     _check_rate,
+    _check_shape,
     _flag,
+    _initial_keep_logit,
 )
 from jdrop._dropout import _threshold_and_effective, dropout
 from jdrop._generator import seeds_of
-from jdrop._variants import concrete_dropout
+from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout, drop_path, gaussian_dropout
 
 _T = TypeVar("_T")
 _Inputs = TypeVar("_Inputs", bound=ArrayLike)  # returned as given when nothing is applied
@@ -81,6 +86,87 @@ class HostConventions:
 
 FLAX = HostConventions(rate="rate", switch="deterministic", inputs="inputs", promotes_integers=False)
 EQUINOX = HostConventions(rate="p", switch="inference", inputs="x", promotes_integers=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A member of the dropout family as every host's layer applies it.
+
+    The host classes hold one of these (``_variant``) and hand it to
+    :func:`_dropout_at_rate`; the arithmetic is :mod:`jdrop._variants`'.
+
+    Attributes:
+      apply: the core function of an active call (0 < rate < 1):
+        ``(key, x, keep_prob, broadcast_dims)`` to the output.
+      allow_rate_one: whether rate 1 (zeros) is accepted; False for noise that
+        has no limit there (Gaussian, alpha).
+      takes_complex: whether complex inputs are taken; False for noise defined
+        for real inputs only (alpha).
+      takes_broadcast_dims: False for DropPath, whose ``mode`` says what its
+        decision is shared along: every host's DropPath refuses non-empty axes.
+    """
+
+    apply: ApplyFn
+    allow_rate_one: bool = True
+    takes_complex: bool = True
+    takes_broadcast_dims: bool = True
+
+    def checked_axes(self, broadcast_dims: object) -> tuple[int, ...]:
+        """``broadcast_dims`` as a tuple of ints (hashable, for a static attribute); none for DropPath.
+
+        Raises:
+          TypeError: if ``broadcast_dims`` is not a sequence of ints, or not
+            empty where the variant takes none.
+        """
+        return _axes(broadcast_dims) if self.takes_broadcast_dims else _no_broadcast_dims(broadcast_dims)
+
+    def check_constructor(self, rate: object, broadcast_dims: object, host: HostConventions) -> tuple[int, ...]:
+        """A layer's constructor arguments checked, before anything is built: ``broadcast_dims`` as a tuple of ints.
+
+        Raises:
+          ValueError: if a concrete ``rate`` is outside the variant's range.
+          TypeError: if ``rate`` is not a real number, or ``broadcast_dims`` as
+            in :meth:`checked_axes`.
+        """
+        _check_rate(rate, host.rate, allow_one=self.allow_rate_one)  # type: ignore[arg-type]
+        return self.checked_axes(broadcast_dims)
+
+
+def _apply_dropout(key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+    return dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+
+
+def _apply_gaussian(key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+    return gaussian_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+
+
+def _apply_alpha(key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+    return alpha_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+
+
+def _drop_path_applier(mode: str) -> ApplyFn:
+    def apply(key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
+        return drop_path(key, x, keep_prob, mode=mode)
+
+    return apply
+
+
+DROPOUT = Variant(_apply_dropout)
+GAUSSIAN = Variant(_apply_gaussian, allow_rate_one=False)
+ALPHA = Variant(_apply_alpha, allow_rate_one=False, takes_complex=False)
+# One object per mode, so that layers of equal mode hold equal variants.
+_DROP_PATH = {mode: Variant(_drop_path_applier(mode), takes_broadcast_dims=False) for mode in DROP_PATH_MODES}
+
+
+def drop_path_variant(mode: object) -> Variant:
+    """DropPath's variant for ``mode``, ``"row"`` or ``"batch"``.
+
+    Raises:
+      ValueError: if ``mode`` is neither.
+    """
+    if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
+        raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
+    return _DROP_PATH[mode]
 
 
 def _first_from(*values: _T | None, error_msg: str) -> _T:
@@ -165,18 +251,16 @@ def _dropout_at_rate(
     *,
     deterministic: object,
     broadcast_dims: object,
-    apply: ApplyFn,
+    variant: Variant,
     host: HostConventions,
-    allow_rate_one: bool = True,
-    takes_complex: bool = True,
 ) -> _Inputs | jax.Array:
-    """A dropout-family function at a drop ``rate``, with the host libraries' edge cases.
+    """A dropout-family layer's call at a drop ``rate``, with the host libraries' edge cases.
 
     Every argument is checked first. Then evaluation and rate 0 return
     ``inputs`` itself, whatever its dtype, and rate 1 returns zeros like the
     inputs (promoted as ``host`` promotes them), as the hosts' Dropout do,
     without asking for a key. Otherwise the result is exactly
-    ``apply(key_fn(), x, 1 - rate, axes)``, where ``x`` is ``inputs`` as a
+    ``variant.apply(key_fn(), x, 1 - rate, axes)``, where ``x`` is ``inputs`` as a
     floating or complex array (:func:`_noise_input`) and ``axes`` is
     ``broadcast_dims`` as a tuple of ints; ``key_fn`` is called only then, so
     that a host's RNG stream advances only when noise is drawn, as with the
@@ -185,15 +269,13 @@ def _dropout_at_rate(
     Args:
       key_fn: returns the key for an active call, drawn as the host draws it.
       inputs: what the layer was called with (array-like).
-      rate: the drop rate: concrete in [0, 1] (or [0, 1) with
-        ``allow_rate_one=False``), or a traced scalar, which gets no gradient
-        (as in the hosts) and reaches ``apply`` as ``1 - rate``.
+      rate: the drop rate: concrete in [0, 1] (or [0, 1) where the variant
+        does not allow rate 1), or a traced scalar, which gets no gradient
+        (as in the hosts) and reaches ``variant.apply`` as ``1 - rate``.
       deterministic: the host's switch, read by truthiness (:func:`jdrop._checks._flag`).
       broadcast_dims: axes along which the noise is shared, as the host takes them.
-      apply: the layer's core function, ``(key, x, keep_prob, axes)`` to the output.
+      variant: the family member the layer applies.
       host: the host's argument names and integer-input rule.
-      allow_rate_one: False for noise that has no limit at rate 1 (Gaussian, alpha).
-      takes_complex: False for noise defined for real inputs only (alpha).
 
     Returns:
       ``inputs`` itself when nothing is applied, otherwise an array of the
@@ -208,17 +290,55 @@ def _dropout_at_rate(
         range for ``inputs``.
     """
     array = _as_array(inputs)
-    axes = _axes(broadcast_dims)
+    axes = variant.checked_axes(broadcast_dims)
     _check_broadcast_dims(axes, array.ndim, of=host.inputs)
-    value = _check_rate(rate, host.rate, allow_one=allow_rate_one)
+    value = _check_rate(rate, host.rate, allow_one=variant.allow_rate_one)
     if _flag(deterministic, host.switch) or value == 0.0:
         return inputs
     if value == 1.0:
         return jnp.zeros_like(_promoted(array, host))
-    x = _noise_input(array, host, takes_complex=takes_complex)
+    x = _noise_input(array, host, takes_complex=variant.takes_complex)
     # A traced rate (an array attribute or field, traced by jit) gets no gradient, as in the hosts.
     keep_prob = 1.0 - (value if value is not None else jax.lax.stop_gradient(rate))
-    return apply(key_fn(), x, keep_prob, axes)
+    return variant.apply(key_fn(), x, keep_prob, axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConcreteArguments:
+    """A ConcreteDropout layer's constructor arguments, checked: what every host stores.
+
+    Attributes:
+      keep_logit: the keep logit's initial value, ``log((1 - rate) / rate)``.
+      logit_shape: the keep logit's shape.
+      temperature: the relaxation's temperature, a Python float (static).
+      broadcast_dims: axes along which the noise is shared, a tuple of ints (static).
+    """
+
+    keep_logit: float
+    logit_shape: tuple[int, ...]
+    temperature: float
+    broadcast_dims: tuple[int, ...]
+
+    @classmethod
+    def check(
+        cls, rate: object, logit_shape: object, temperature: object, broadcast_dims: object, host: HostConventions
+    ) -> ConcreteArguments:
+        """Checks the arguments under ``host``'s name for the initial rate, before anything is built.
+
+        Raises:
+          ValueError: if ``rate`` is outside (0, 1) or NaN, ``temperature`` is
+            not positive and finite, or ``logit_shape`` has a negative size.
+          TypeError: if ``rate`` or ``temperature`` is not a concrete real
+            number, or ``logit_shape`` or ``broadcast_dims`` is not a sequence of ints.
+        """
+        keep_logit = _initial_keep_logit(rate, host.rate)  # type: ignore[arg-type]
+        shape = _check_shape(logit_shape, "logit_shape")
+        value = _check_positive(temperature, "temperature")  # type: ignore[arg-type]
+        if value is None:
+            raise TypeError(
+                "temperature must be a concrete positive real number (a static attribute), got a traced value."
+            )
+        return cls(keep_logit, shape, value, _axes(broadcast_dims))
 
 
 def _concrete_dropout_in_module(

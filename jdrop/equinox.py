@@ -46,16 +46,20 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jdrop._adapters import (
+    ALPHA,
+    DROPOUT,
     EQUINOX,
+    GAUSSIAN,
+    ConcreteArguments,
+    Variant,
     _concrete_dropout_in_module,
     _dropout_at_rate,
     _equinox_attention_dropout,
     _key_source,
-    _no_broadcast_dims,
+    drop_path_variant,
 )
-from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
-from jdrop._dropout import dropout
-from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
+from jdrop._checks import KeyLike, _check_rate, _flag
+from jdrop._variants import concrete_dropout_regularizer
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "MultiheadAttention"]
 
@@ -118,21 +122,15 @@ class Dropout(eqx.nn.Dropout):
       [1.0, 1.0, 1.0]
     """
 
-    #: Whether ``p == 1`` (zeros) is accepted; False for noise that has no limit there.
-    _allow_rate_one: ClassVar[bool] = True
-    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
-    _takes_complex: ClassVar[bool] = True
+    #: The family member applied; the variant subclasses change only this.
+    _variant: ClassVar[Variant] = DROPOUT
 
     def __init__(
         self, p: float | jax.Array = 0.5, inference: bool = False, *, deterministic: bool | None = None
     ) -> None:
-        _check_rate(p, "p", allow_one=self._allow_rate_one)
+        self._variant.check_constructor(p, (), EQUINOX)
         inference, deterministic = _constructor_flags(inference, deterministic)
         super().__init__(p, inference, deterministic=deterministic)  # type: ignore[arg-type]  # as Equinox takes it
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        """The core function for an active call with 0 < p < 1; the subclasses change only this."""
-        return dropout(key, x, keep_prob)
 
     def __call__(
         self,
@@ -170,10 +168,8 @@ class Dropout(eqx.nn.Dropout):
             self.p,
             deterministic=_call_switch(self, inference, deterministic),
             broadcast_dims=(),
-            apply=self._apply,
+            variant=self._variant,
             host=EQUINOX,
-            allow_rate_one=self._allow_rate_one,
-            takes_complex=self._takes_complex,
         )
 
 
@@ -208,10 +204,7 @@ class GaussianDropout(Dropout):
       [1.0, 1.0, 1.0]
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return gaussian_dropout(key, x, keep_prob)
+    _variant = GAUSSIAN
 
 
 class AlphaDropout(Dropout):
@@ -241,11 +234,7 @@ class AlphaDropout(Dropout):
       (True, True)
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-    _takes_complex: ClassVar[bool] = False
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return alpha_dropout(key, x, keep_prob)
+    _variant = ALPHA
 
 
 class DropPath(Dropout):
@@ -302,14 +291,13 @@ class DropPath(Dropout):
         broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = None,
     ) -> None:
-        if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
-            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
-        _no_broadcast_dims(broadcast_dims)
+        drop_path_variant(mode).checked_axes(broadcast_dims)  # the mode, then the axes, before anything else
+        self.mode = str(mode)  # set first: Dropout's constructor checks p against the mode's variant
         super().__init__(p, inference, deterministic=deterministic)
-        self.mode = str(mode)
 
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return drop_path(key, x, keep_prob, mode=self.mode)
+    @property
+    def _variant(self) -> Variant:  # type: ignore[override]  # the mode's
+        return drop_path_variant(self.mode)
 
 
 class ConcreteDropout(eqx.nn.Dropout):
@@ -387,15 +375,12 @@ class ConcreteDropout(eqx.nn.Dropout):
         broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = None,
     ) -> None:
-        logit = _initial_keep_logit(p, "p")
-        shape = _check_shape(logit_shape, "logit_shape")
-        _check_positive(temperature, "temperature")
-        axes = _axes(broadcast_dims)  # hashable: a static field
+        checked = ConcreteArguments.check(p, logit_shape, temperature, broadcast_dims, EQUINOX)
         inference, deterministic = _constructor_flags(inference, deterministic)
         super().__init__(p, inference, deterministic=deterministic)  # type: ignore[arg-type]  # as Equinox takes it
-        self.keep_logit = jnp.full(shape, logit, jnp.float32)
-        self.temperature = float(temperature)
-        self.broadcast_dims = axes
+        self.keep_logit = jnp.full(checked.logit_shape, checked.keep_logit, jnp.float32)
+        self.temperature = checked.temperature
+        self.broadcast_dims = checked.broadcast_dims  # hashable: a static field
 
     @property
     def keep_prob(self) -> jax.Array:
@@ -609,12 +594,8 @@ class MultiheadAttention(eqx.nn.MultiheadAttention):
                     f"mask must have shape (query_seq_length, kv_seq_length)=({q_length}, {kv_length}) or "
                     f"(num_heads, {q_length}, {kv_length}), got {mask.shape}."
                 )
-        if key is None:
-            raise RuntimeError(
-                f"{type(self).__module__}.{type(self).__qualname__} needs a key when dropout is active: call it with "
-                "key=jax.random.key(...) (a fresh one each call), or set inference=True (eqx.nn.inference_mode) for "
-                "evaluation."
-            )
+        needs_key = f"{type(self).__module__}.{type(self).__qualname__} needs a key when dropout is active"
+        dropout_key = _key_source(key, needs_key)()
         # Equinox's products promote heads of different dtypes (process_heads may
         # return float32 queries and keys from bfloat16 projections): so do these.
         with jax.numpy_dtype_promotion("standard"):
@@ -624,7 +605,7 @@ class MultiheadAttention(eqx.nn.MultiheadAttention):
             key_heads.astype(heads_dtype),
             value_heads.astype(heads_dtype),
             mask,
-            key=key,
+            key=dropout_key,
             rate=self.dropout.p,
             concrete_rate=rate,
         )

@@ -42,17 +42,21 @@ from flax import linen
 from jax.typing import ArrayLike
 
 from jdrop._adapters import (
+    ALPHA,
+    DROPOUT,
     FLAX,
+    GAUSSIAN,
+    ConcreteArguments,
+    Variant,
     _attention_rate,
     _concrete_dropout_in_module,
     _dropout_at_rate,
     _flax_attention_dropout,
     _flax_weights_dropout,
-    _no_broadcast_dims,
+    drop_path_variant,
 )
-from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
-from jdrop._dropout import dropout
-from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
+from jdrop._checks import _flag
+from jdrop._variants import concrete_dropout_regularizer
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "dot_product_attention"]
 
@@ -104,26 +108,13 @@ class Dropout(linen.Dropout):
       True
     """
 
-    #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
-    _allow_rate_one: ClassVar[bool] = True
-    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
-    _takes_complex: ClassVar[bool] = True
+    #: The family member applied; the variant subclasses change only this.
+    _variant: ClassVar[Variant] = DROPOUT
 
     def __post_init__(self) -> None:
-        _check_rate(self.rate, "rate", allow_one=self._allow_rate_one)
-        self._checked_axes(self.broadcast_dims)
+        self._variant.check_constructor(self.rate, self.broadcast_dims, FLAX)
         _check_deterministic_attribute(self.deterministic)
         super().__post_init__()
-
-    @linen.nowrap
-    def _checked_axes(self, broadcast_dims: object) -> tuple[int, ...]:
-        """``broadcast_dims`` as a tuple of ints; :class:`DropPath` accepts none."""
-        return _axes(broadcast_dims)
-
-    @linen.nowrap
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
-        return dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
 
     @linen.compact
     def __call__(
@@ -162,11 +153,9 @@ class Dropout(linen.Dropout):
             inputs,
             self.rate,
             deterministic=linen.merge_param("deterministic", self.deterministic, deterministic),
-            broadcast_dims=self._checked_axes(self.broadcast_dims),
-            apply=self._apply,
+            broadcast_dims=self.broadcast_dims,
+            variant=self._variant,
             host=FLAX,
-            allow_rate_one=self._allow_rate_one,
-            takes_complex=self._takes_complex,
         )
 
 
@@ -207,11 +196,7 @@ class GaussianDropout(Dropout):
       True
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-
-    @linen.nowrap
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return gaussian_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+    _variant = GAUSSIAN
 
 
 class AlphaDropout(Dropout):
@@ -245,12 +230,7 @@ class AlphaDropout(Dropout):
       (True, True)
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-    _takes_complex: ClassVar[bool] = False
-
-    @linen.nowrap
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return alpha_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+    _variant = ALPHA
 
 
 class DropPath(Dropout):
@@ -297,18 +277,9 @@ class DropPath(Dropout):
 
     mode: str = "row"
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.mode, str) or self.mode not in DROP_PATH_MODES:
-            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {self.mode!r}.")
-        super().__post_init__()
-
-    @linen.nowrap
-    def _checked_axes(self, broadcast_dims: object) -> tuple[int, ...]:
-        return _no_broadcast_dims(broadcast_dims)
-
-    @linen.nowrap
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return drop_path(key, x, keep_prob, mode=self.mode)
+    @property
+    def _variant(self) -> Variant:  # type: ignore[override]  # the mode's
+        return drop_path_variant(self.mode)
 
 
 class ConcreteDropout(linen.Dropout):
@@ -387,20 +358,21 @@ class ConcreteDropout(linen.Dropout):
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        _initial_keep_logit(self.rate, "rate")
-        _check_shape(self.logit_shape, "logit_shape")
-        _check_positive(self.temperature, "temperature")
-        _axes(self.broadcast_dims)
+        self._checked()
         _check_deterministic_attribute(self.deterministic)
         super().__post_init__()
 
+    @linen.nowrap
+    def _checked(self) -> ConcreteArguments:
+        return ConcreteArguments.check(self.rate, self.logit_shape, self.temperature, self.broadcast_dims, FLAX)
+
     def setup(self) -> None:
-        logit = _initial_keep_logit(self.rate, "rate")
+        checked = self._checked()
 
         def init(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-            return jnp.full(shape, logit, jnp.float32)
+            return jnp.full(shape, checked.keep_logit, jnp.float32)
 
-        self.keep_logit = self.param("keep_logit", init, _check_shape(self.logit_shape, "logit_shape"))
+        self.keep_logit = self.param("keep_logit", init, checked.logit_shape)
 
     @property
     def keep_prob(self) -> jax.Array:

@@ -44,18 +44,22 @@ from flax.nnx.nn.attention import dot_product_attention_weights
 from jax.typing import ArrayLike
 
 from jdrop._adapters import (
+    ALPHA,
+    DROPOUT,
     FLAX,
+    GAUSSIAN,
+    ConcreteArguments,
+    Variant,
     _attention_rate,
     _concrete_dropout_in_module,
     _dropout_at_rate,
     _first_from,
     _flax_attention_dropout,
     _flax_weights_dropout,
-    _no_broadcast_dims,
+    drop_path_variant,
 )
-from jdrop._checks import KeyLike, _axes, _check_positive, _check_rate, _check_shape, _flag, _initial_keep_logit
-from jdrop._dropout import dropout
-from jdrop._variants import DROP_PATH_MODES, alpha_dropout, concrete_dropout_regularizer, drop_path, gaussian_dropout
+from jdrop._checks import _flag
+from jdrop._variants import concrete_dropout_regularizer
 
 __all__ = ["AlphaDropout", "ConcreteDropout", "DropPath", "Dropout", "GaussianDropout", "dot_product_attention"]
 
@@ -152,10 +156,8 @@ class Dropout(nnx.Dropout):
       [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
     """
 
-    #: Whether ``rate == 1`` (zeros) is accepted; False for noise that has no limit there.
-    _allow_rate_one: ClassVar[bool] = True
-    #: Whether complex inputs are taken; False for noise defined for real inputs only (alpha dropout).
-    _takes_complex: ClassVar[bool] = True
+    #: The family member applied; the variant subclasses change only this.
+    _variant: ClassVar[Variant] = DROPOUT
 
     def __init__(
         self,
@@ -166,23 +168,13 @@ class Dropout(nnx.Dropout):
         rng_collection: str = "dropout",
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        _check_rate(rate, "rate", allow_one=self._allow_rate_one)
         super().__init__(
             rate,  # type: ignore[arg-type]  # Flax annotates a float; it takes a 0-d array as well
-            broadcast_dims=self._checked_axes(broadcast_dims),
+            broadcast_dims=self._variant.check_constructor(rate, broadcast_dims, FLAX),
             deterministic=_constructor_flag(deterministic),  # type: ignore[arg-type, unused-ignore]  # flax 0.12.4 annotates bool
             rng_collection=rng_collection,
             rngs=rngs,
         )
-
-    @staticmethod
-    def _checked_axes(broadcast_dims: object) -> tuple[int, ...]:
-        """``broadcast_dims`` as a tuple of ints; :class:`DropPath` accepts none."""
-        return _axes(broadcast_dims)
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        """The core function for an active call with 0 < rate < 1; the subclasses change only this."""
-        return dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
 
     def __call__(
         self,
@@ -219,11 +211,9 @@ class Dropout(nnx.Dropout):
             inputs,
             self.rate,
             deterministic=_deterministic(self, deterministic),
-            broadcast_dims=self._checked_axes(self.broadcast_dims),
-            apply=self._apply,
+            broadcast_dims=self.broadcast_dims,
+            variant=self._variant,
             host=FLAX,
-            allow_rate_one=self._allow_rate_one,
-            takes_complex=self._takes_complex,
         )
 
 
@@ -264,10 +254,7 @@ class GaussianDropout(Dropout):
       [1.0, 1.0, 1.0]
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return gaussian_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+    _variant = GAUSSIAN
 
 
 class AlphaDropout(Dropout):
@@ -303,11 +290,7 @@ class AlphaDropout(Dropout):
       (True, True)
     """
 
-    _allow_rate_one: ClassVar[bool] = False
-    _takes_complex: ClassVar[bool] = False
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return alpha_dropout(key, x, keep_prob, broadcast_dims=broadcast_dims)
+    _variant = ALPHA
 
 
 class DropPath(Dropout):
@@ -362,19 +345,15 @@ class DropPath(Dropout):
         rng_collection: str = "dropout",
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        if not isinstance(mode, str) or mode not in DROP_PATH_MODES:
-            raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}.")
+        drop_path_variant(mode)  # checked before anything else
+        self.mode = str(mode)  # set first: Dropout's constructor checks its arguments against the mode's variant
         super().__init__(
             rate, broadcast_dims=broadcast_dims, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs
         )
-        self.mode = str(mode)
 
-    @staticmethod
-    def _checked_axes(broadcast_dims: object) -> tuple[int, ...]:
-        return _no_broadcast_dims(broadcast_dims)
-
-    def _apply(self, key: KeyLike, x: jax.Array, keep_prob: ArrayLike, broadcast_dims: tuple[int, ...]) -> jax.Array:
-        return drop_path(key, x, keep_prob, mode=self.mode)
+    @property
+    def _variant(self) -> Variant:  # type: ignore[override]  # the mode's
+        return drop_path_variant(self.mode)
 
 
 class ConcreteDropout(nnx.Dropout):
@@ -453,18 +432,16 @@ class ConcreteDropout(nnx.Dropout):
         rng_collection: str = "dropout",
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ) -> None:
-        logit = _initial_keep_logit(rate, "rate")
-        shape = _check_shape(logit_shape, "logit_shape")
-        _check_positive(temperature, "temperature")
+        checked = ConcreteArguments.check(rate, logit_shape, temperature, broadcast_dims, FLAX)
         super().__init__(
             rate,  # type: ignore[arg-type]  # Flax annotates a float; it takes a 0-d array as well
-            broadcast_dims=_axes(broadcast_dims),
+            broadcast_dims=checked.broadcast_dims,
             deterministic=_constructor_flag(deterministic),  # type: ignore[arg-type, unused-ignore]  # flax 0.12.4 annotates bool
             rng_collection=rng_collection,
             rngs=rngs,
         )
-        self.keep_logit = nnx.Param(jnp.full(shape, logit, jnp.float32))
-        self.temperature = float(temperature)  # a static attribute, not an array
+        self.keep_logit = nnx.Param(jnp.full(checked.logit_shape, checked.keep_logit, jnp.float32))
+        self.temperature = checked.temperature  # a static attribute, not an array
 
     @property
     def keep_prob(self) -> jax.Array:
