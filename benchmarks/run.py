@@ -793,14 +793,16 @@ class LMConfig:
     vocab: int = 1024
     seq: int = 512
     batch: int = 8
-    rate: float = 0.1  # dropout_rate and attention_dropout_rate
+    rate: float = 0.1  # dropout_rate: the embedding, the residual branches and the MLP
+    attention_rate: float = 0.1  # attention_dropout_rate: the attention weights
 
     def describe(self) -> str:
         return (
             f"Flax's lm1b decoder-only transformer (examples/lm1b/models.py, trimmed): {self.layers} layers, width "
             f"{self.emb_dim}, {self.heads} heads of {self.emb_dim // self.heads}, relu MLP {self.mlp_dim}, vocabulary "
             f"{self.vocab}, sequence {self.seq}, batch {self.batch}, float32; dropout {self.rate} on the embedding, "
-            f"the residual branches and inside the MLP, attention dropout {self.rate} (broadcast_dropout=False)"
+            f"the residual branches and inside the MLP, attention dropout {self.attention_rate} "
+            "(broadcast_dropout=False)"
         )
 
     def data(self) -> tuple[jax.Array, jax.Array]:
@@ -835,7 +837,7 @@ class LMBlock(nn.Module):
             bias_init=LM_BIAS_INIT,
             use_bias=False,
             broadcast_dropout=False,
-            dropout_rate=cfg.rate,
+            dropout_rate=cfg.attention_rate,
             deterministic=det,
             attention_fn=self.attention_fn,
         )(nn.LayerNorm()(inputs), mask=mask)
@@ -870,10 +872,33 @@ class LMTransformer(nn.Module):
 def bench_transformer(cfg: LMConfig, rounds: int, calls: int, min_round_seconds: float = 0.2) -> list[str]:
     """Adam steps of the lm1b transformer: no dropout, Flax's dropout, jdrop's; step time and XLA temp memory."""
     print(f"transformer LM, {cfg.layers} layers, width {cfg.emb_dim}, sequence {cfg.seq}, batch {cfg.batch}")
-    variants = {  # (Dropout class, attention_fn, deterministic)
-        "no dropout (deterministic=True)": (nn.Dropout, nn.dot_product_attention, True),
-        "Flax: nn.Dropout, nn.dot_product_attention": (nn.Dropout, nn.dot_product_attention, False),
+    only_residual = dataclasses.replace(cfg, attention_rate=0.0)
+    only_attention = dataclasses.replace(cfg, rate=0.0)
+    variants = {  # (model config, Dropout class, attention_fn, deterministic)
+        "no dropout (deterministic=True)": (cfg, nn.Dropout, nn.dot_product_attention, True),
+        # Every rate 0: Flax's attention then takes its fast path (jax.nn.dot_product_attention).
+        "no dropout (every rate 0)": (
+            dataclasses.replace(cfg, rate=0.0, attention_rate=0.0),
+            nn.Dropout,
+            nn.dot_product_attention,
+            False,
+        ),
+        "Flax: nn.Dropout, nn.dot_product_attention": (cfg, nn.Dropout, nn.dot_product_attention, False),
         "jdrop: jdrop.linen.Dropout, jdrop.linen.dot_product_attention": (
+            cfg,
+            jdrop.linen.Dropout,
+            jdrop.linen.dot_product_attention,
+            False,
+        ),
+        # Where jdrop's cost goes: each kind of dropout site alone, the other's rate set to 0.
+        "jdrop, only the embedding, residual and MLP sites (attention rate 0)": (
+            only_residual,
+            jdrop.linen.Dropout,
+            jdrop.linen.dot_product_attention,
+            False,
+        ),
+        "jdrop, only the attention weights (the other sites' rate 0)": (
+            only_attention,
             jdrop.linen.Dropout,
             jdrop.linen.dot_product_attention,
             False,
@@ -886,8 +911,8 @@ def bench_transformer(cfg: LMConfig, rounds: int, calls: int, min_round_seconds:
     base = jax.random.key(2)
     runs: dict[str, Run] = {}
     temp: dict[str, int] = {}
-    for name, (dropout, attention_fn, deterministic) in variants.items():
-        model = LMTransformer(cfg, dropout, attention_fn, deterministic)
+    for name, (config, dropout, attention_fn, deterministic) in variants.items():
+        model = LMTransformer(config, dropout, attention_fn, deterministic)
 
         def loss(params: Any, x: jax.Array, y: jax.Array, key: jax.Array, model: LMTransformer = model) -> jax.Array:
             return cross_entropy(model.apply(params, x, rngs={"dropout": key}), y)

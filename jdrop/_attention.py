@@ -54,10 +54,12 @@ from jdrop._generator import MAX_COUNTER, hash16, seeds_of
 __all__ = ["dot_product_attention"]
 
 #: (queries, keys) per tile when ``block_size`` is None, for each way of running the
-#: items (one (batch, head) pair each): "loop" (CPU, one device), where long query
-#: tiles make each product large enough to use every core, and "vmap" (GPU, or
-#: several devices: every item at once, so that sharded items stay where they are).
-DEFAULT_TILES = {"loop": (1024, 128), "vmap": (128, 128)}
+#: items (one (batch, head) pair each): "loop" (CPU, one device), where large tiles
+#: make each product large enough to use every core and the loop short (512 keys
+#: measured 10-18% faster than 128 for forward + backward at T = 512 to 4096, and
+#: no slower than 1024), and "vmap" (GPU, or several devices: every item at once,
+#: so that sharded items stay where they are).
+DEFAULT_TILES = {"loop": (1024, 512), "vmap": (128, 128)}
 
 
 def _schedule() -> Literal["loop", "vmap"]:
@@ -929,7 +931,7 @@ def dot_product_attention(
         for both: query ``t`` attends keys ``t - left .. t + right``.
       deterministic: if True, no dropout (evaluation).
       block_size: keys per tile (an int), or a pair (queries, keys) per tile,
-        each at least 1; None picks (1024, 128) on one CPU device and
+        each at least 1; None picks (1024, 512) on one CPU device and
         (128, 128) elsewhere, at most (T, S). Only memory and speed depend on it.
       implementation: passed to ``jax.nn.dot_product_attention`` on the fast
         path (dropout off); the dropout path is jdrop's own XLA code on every backend.
