@@ -84,6 +84,7 @@ class Kernel(NamedTuple):
     bias_layout: tuple[bool, bool, bool, bool] | None
     mask_layout: tuple[bool, bool, bool, bool] | None
     bias_grad: bool  # whether the backward pass computes the bias's gradient
+    platform: Platform | None  # the lowering, or None: chosen when lowered
 
 
 def _next_power_of_two(n: int) -> int:
@@ -687,8 +688,11 @@ def _backward_calls(
 def _per_platform(fn: Any, cfg: Kernel, *args: Any) -> Any:
     """``fn(platform, cfg, *args)`` with the platform chosen when lowered: Triton, Mosaic, or the interpreter.
 
-    ``cfg`` is bound, not passed: ``platform_dependent`` would make its numbers arrays.
+    ``cfg`` is bound, not passed: ``platform_dependent`` would make its numbers arrays. A
+    ``cfg.platform`` that is already known (a branch of an enclosing choice) is taken as it is.
     """
+    if cfg.platform is not None:
+        return fn(cfg.platform, cfg, *args)
     return lax.platform_dependent(
         *args,
         cuda=functools.partial(fn, "cuda", cfg),
@@ -697,119 +701,16 @@ def _per_platform(fn: Any, cfg: Kernel, *args: Any) -> Any:
     )
 
 
-# --- Differentiation ------------------------------------------------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(
-    cfg: Kernel,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    bias: jax.Array | None,
-    mask: jax.Array | None,
-    words: jax.Array,
-    inv_keep: jax.Array,
-) -> jax.Array:
-    """The attention output (BN, Tp, Hvp) of the kernels' layouts; differentiable in q, k, v and bias."""
-    out: jax.Array = _per_platform(_forward_call, cfg, words, inv_keep, q, k, v, bias, mask)[0]
-    return out
-
-
-def _flash_fwd(
-    cfg: Kernel, q: Any, k: Any, v: Any, bias: Any, mask: Any, words: Any, inv_keep: Any
-) -> tuple[jax.Array, tuple[Any, ...]]:
-    # symbolic_zeros: the primals come wrapped, saying whether they are differentiated.
-    bias_grad = bias is not None and bool(bias.perturbed)
-    q, k, v, bias, mask, words, inv_keep = (_unwrapped(x) for x in (q, k, v, bias, mask, words, inv_keep))
-    out, shift, inv_total = _per_platform(_forward_call, cfg, words, inv_keep, q, k, v, bias, mask)
-    # The bias's gradient is wanted or not: told by the residuals' structure (() or None), which is static.
-    return out, (q, k, v, bias, mask, words, inv_keep, out, shift, inv_total, () if bias_grad else None)
-
-
-def _unwrapped(x: Any) -> Any:
-    """A primal's value (None stays None)."""
-    return None if x is None else x.value
-
-
-def _flash_bwd(cfg: Kernel, residuals: tuple[Any, ...], d_out: Any) -> tuple[Any, ...]:
-    q, k, v, bias, mask, words, inv_keep, out, shift, inv_total, bias_grad = residuals
-    if isinstance(d_out, jax.custom_derivatives.SymbolicZero):
-        d_out = jnp.zeros(out.shape, out.dtype)
-    cfg = cfg._replace(bias_grad=bias_grad is not None)
-    dq, dk, dv, d_bias = _backward(cfg, q, k, v, bias, mask, words, inv_keep, out, shift, inv_total, d_out)
-    return dq, dk, dv, d_bias, None, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _backward(
-    cfg: Kernel,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    bias: jax.Array | None,
-    mask: jax.Array | None,
-    words: jax.Array,
-    inv_keep: jax.Array,
-    out: jax.Array,
-    shift: jax.Array,
-    inv_total: jax.Array,
-    d_out: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
-    """Gradients in q, k, v (their dtypes) and bias (or None) from the backward kernels.
-
-    A ``custom_vjp`` of its own only to say clearly that it has no derivative
-    (the kernels have none): reverse-over-reverse needs ``implementation="xla"``.
-    """
-    # sum_s w_s dw_s, with w the weights after dropout, equals sum_h dO * O.
-    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-    dq, dk, dv, d_logits = _per_platform(
-        _backward_calls, cfg, words, inv_keep, q, k, v, bias, mask, d_out, shift, inv_total, delta
-    )
-    batch_kv = k.shape[0]
-    # Each query head's share of its key/value head's gradients, summed over the heads of a group.
-    dk = dk.reshape(batch_kv, cfg.groups, *dk.shape[1:]).sum(axis=1)
-    dv = dv.reshape(batch_kv, cfg.groups, *dv.shape[1:]).sum(axis=1)
-    d_bias = None
-    if bias is not None and d_logits is not None and cfg.bias_layout is not None:
-        d_bias = _logits_grad_to_bias(cfg, d_logits, bias.shape).astype(bias.dtype)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), d_bias
-
-
-def _backward_fwd(cfg: Kernel, *args: Any) -> tuple[Any, None]:
-    return _backward(cfg, *args), None
-
-
-def _backward_bwd(cfg: Kernel, residuals: None, cotangents: Any) -> tuple[Any, ...]:
-    raise NotImplementedError(
-        "jdrop.dot_product_attention(implementation='pallas'): the Pallas kernels' backward pass has no derivative, "
-        "so reverse-over-reverse differentiation (jax.hessian, gradient penalties) needs implementation='xla'."
-    )
-
-
-_backward.defvjp(_backward_fwd, _backward_bwd)
-
-
-def _logits_grad_to_bias(cfg: Kernel, d_logits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """The logits' gradient (BN, nk, Tp, kb) summed over the axes the bias (P, nk or 1, Tp or 1, kb or 1) shares."""
-    assert cfg.bias_layout is not None
-    varies_b, varies_n, varies_t, varies_s = cfg.bias_layout
-    x = d_logits.reshape(-1, cfg.heads, *d_logits.shape[1:])  # (B, N, nk, Tp, kb)
-    if not varies_b:
-        x = x.sum(axis=0, keepdims=True)
-    if not varies_n:
-        x = x.sum(axis=1, keepdims=True)
-    if not varies_t:
-        x = x.sum(axis=3, keepdims=True)
-    if not varies_s:
-        x = x.sum(axis=(2, 4), keepdims=True)
-    return x.reshape(shape)
-
-
 # --- From jdrop's layouts to the kernels' ---------------------------------------------------------
+
+
+class Call(NamedTuple):
+    """A call's static part: the kernels' configuration and the XLA tiles' options (for higher derivatives)."""
+
+    kernel: Kernel
+    options: tuple[tuple[str, Any], ...]  # _attention._xla_dropout_attention's keyword arguments
+    hp: int  # head sizes padded for the kernels
+    hvp: int
 
 
 def _parts(
@@ -828,6 +729,14 @@ def _parts(
     return blocked, (varies_b, varies_n, rows != 1, cols != 1)
 
 
+def _layout(x: jax.Array | None, ndim: int) -> tuple[bool, bool, bool, bool] | None:
+    """Whether a bias or mask varies along (batch, head, query, key): what :func:`_parts` gives, from the shape."""
+    if x is None:
+        return None
+    shape = (1,) * (ndim - x.ndim) + x.shape
+    return any(size != 1 for size in shape[:-3]), shape[-3] != 1, shape[-2] != 1, shape[-1] != 1
+
+
 def _words(seeds: jax.Array, threshold: jax.Array) -> jax.Array:
     """The kernels' word array: per set of key words (one, or one per head), the words, the threshold, zeros."""
     sets = seeds.reshape(-1, seeds.shape[-1])
@@ -835,6 +744,201 @@ def _words(seeds: jax.Array, threshold: jax.Array) -> jax.Array:
     padding = jnp.zeros((sets.shape[0], WORDS - sets.shape[1] - 1), jnp.uint32)
     flat = jnp.concatenate([sets.astype(jnp.uint32), thresholds, padding], axis=1).reshape(-1)
     return jnp.pad(flat, (0, _next_power_of_two(flat.shape[0]) - flat.shape[0]))
+
+
+def _items(x: jax.Array, padded: int, width: int) -> jax.Array:
+    """(..., L, heads, H) as the kernels' (B heads, padded L, padded H), padded with zeros."""
+    x = x.reshape(-1, *x.shape[-3:])
+    x = jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
+    return x.transpose(0, 2, 1, 3).reshape(-1, padded, width)
+
+
+def _unitems(x: jax.Array, like: jax.Array | jax.ShapeDtypeStruct) -> jax.Array:
+    """The inverse of :func:`_items`: (B heads, padded L, padded H) as ``like``'s (..., L, heads, H)."""
+    *batch, length, heads, width = like.shape
+    x = x.reshape(-1, heads, x.shape[1], x.shape[2])[:, :, :length, :width].transpose(0, 2, 1, 3)
+    return x.reshape(*batch, length, heads, width)
+
+
+def _kernel_inputs(
+    call: Call,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    seeds: jax.Array,
+    threshold: jax.Array,
+    inv_keep: jax.Array,
+) -> tuple[Any, ...]:
+    """The kernels' arrays (words, 1 / keep, q, k, v, bias, mask) from jdrop's."""
+    cfg = call.kernel
+    batch = q.shape[:-3]
+    t_padded = -(-q.shape[-3] // cfg.q_block) * cfg.q_block
+    s_padded = -(-k.shape[-3] // cfg.k_block) * cfg.k_block
+    bias_parts, _ = _parts(bias, batch, t_padded, s_padded, cfg.k_block)
+    mask_parts, _ = _parts(mask, batch, t_padded, s_padded, cfg.k_block)
+    if mask_parts is not None:
+        mask_parts = mask_parts.astype(jnp.int8)  # bool refs lower unevenly across platforms
+    return (
+        _words(seeds, threshold),
+        jnp.asarray(inv_keep, jnp.float32).reshape(1),
+        _items(q, t_padded, call.hp),
+        _items(k, s_padded, call.hp),
+        _items(v, s_padded, call.hvp),
+        bias_parts,
+        mask_parts,
+    )
+
+
+def _xla_tiles(call: Call, *arrays: Any) -> jax.Array:
+    """The same attention in XLA tiles (``_attention._xla_dropout_attention``): for derivatives of order two and up."""
+    from jdrop._attention import _xla_dropout_attention
+
+    q, k, v, bias, mask, seeds, threshold, inv_keep = arrays
+    return _xla_dropout_attention(
+        q, k, v, bias, mask, seeds=seeds, threshold=threshold, inv_keep=inv_keep, **dict(call.options)
+    )
+
+
+def _xla_vjp(call: Call, arrays: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
+    """Gradients in (q, k, v, bias) of the XLA tiles for the output's cotangent ``d_out``."""
+    q, k, v, bias, *rest = arrays
+    _, vjp = jax.vjp(lambda q, k, v, bias: _xla_tiles(call, q, k, v, bias, *rest), q, k, v, bias)
+    grads: tuple[Any, ...] = vjp(d_out)
+    return grads
+
+
+# --- Differentiation ------------------------------------------------------------------------------
+#
+# First derivatives come from the kernels: the forward kernel saves the output and two statistics
+# per row, the backward kernels read them. The kernels themselves have no derivatives, so the two
+# functions that run them carry rules for what reverse-over-reverse needs, computed by the XLA
+# tiles (whose every loop is reversible): `_forward`'s is the output's first derivative,
+# `_gradients`'s the total derivative of the first derivatives. The values agree with the
+# kernels' to rounding, and the mask bits are the same.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(call: Call, *arrays: Any) -> jax.Array:
+    """The kernels' attention on jdrop's layouts: ``arrays`` are (q, k, v, bias, mask, seeds, threshold, inv_keep)."""
+    return _unitems(_forward(call, *arrays)[0], _output_like(arrays[0], arrays[2]))
+
+
+def _output_like(q: jax.Array, v: jax.Array) -> jax.ShapeDtypeStruct:
+    """The output's shape (..., T, N, Hv) and dtype."""
+    return _shape((*q.shape[:-1], v.shape[-1]), q.dtype)
+
+
+def _attention_fwd(call: Call, *primals: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+    # symbolic_zeros: the primals come wrapped, saying whether they are differentiated; a bias's
+    # gradient (the one (T, S) array of the backward pass) is computed only when it is.
+    bias = primals[3]
+    bias_grad = bias is not None and bool(bias.perturbed)
+    arrays: tuple[Any, ...] = tuple(None if x is None else x.value for x in primals)
+    out, shift, inv_total = _forward(call, *arrays)
+    like = _output_like(arrays[0], arrays[2])
+    # Whether the bias's gradient is wanted is told by the residuals' structure (() or None), which is static.
+    return _unitems(out, like), (arrays, out, shift, inv_total, () if bias_grad else None)
+
+
+def _attention_bwd(call: Call, residuals: tuple[Any, ...], d_out: Any) -> tuple[Any, ...]:
+    arrays, out, shift, inv_total, bias_grad = residuals
+    if isinstance(d_out, jax.custom_derivatives.SymbolicZero):
+        d_out = jnp.zeros(d_out.shape, d_out.dtype)
+    call = call._replace(kernel=call.kernel._replace(bias_grad=bias_grad is not None))
+    dq, dk, dv, d_bias = _gradients(call, arrays, out, shift, inv_total, d_out)
+    return dq, dk, dv, d_bias, None, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _forward(call: Call, *arrays: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The forward kernel: the output (BN, Tp, Hvp) and per-row shift and reciprocal sum (BN, Tp, 1)."""
+    words, inv_keep, q, k, v, bias, mask = _kernel_inputs(call, *arrays)
+    result: tuple[jax.Array, jax.Array, jax.Array] = _per_platform(
+        _forward_call, call.kernel, words, inv_keep, q, k, v, bias, mask
+    )
+    return result
+
+
+def _forward_fwd(call: Call, *arrays: Any) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[Any, ...]]:
+    return _forward(call, *arrays), arrays
+
+
+def _forward_bwd(call: Call, arrays: tuple[Any, ...], cotangents: tuple[jax.Array, ...]) -> tuple[Any, ...]:
+    # Only reverse-over-reverse gets here. The statistics feed `_gradients` alone, whose rule gives
+    # their cotangents as 0 (it differentiates through them itself): the output's cotangent is all.
+    d_out = _unitems(cotangents[0], _output_like(arrays[0], arrays[2]))
+    return (*_xla_vjp(call, arrays, d_out), None, None, None, None)
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gradients(
+    call: Call, arrays: tuple[Any, ...], out: jax.Array, shift: jax.Array, inv_total: jax.Array, d_out: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """The backward kernels: gradients in q, k, v (their dtypes and shapes) and the bias (or None)."""
+    cfg = call.kernel
+    q, k, v, bias = arrays[:4]
+    words, inv_keep, q3, k3, v3, bias_parts, mask_parts = _kernel_inputs(call, *arrays)
+    d_out3 = _items(d_out, q3.shape[1], call.hvp)
+    # sum_s w_s dw_s, with w the weights after dropout, equals sum_h dO * O.
+    delta = jnp.sum(d_out3.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    dq, dk, dv, d_logits = _per_platform(
+        _backward_calls, cfg, words, inv_keep, q3, k3, v3, bias_parts, mask_parts, d_out3, shift, inv_total, delta
+    )
+    # Each query head's share of its key/value head's gradients, summed over the heads of a group.
+    dk = dk.reshape(k3.shape[0], cfg.groups, *dk.shape[1:]).sum(axis=1)
+    dv = dv.reshape(v3.shape[0], cfg.groups, *dv.shape[1:]).sum(axis=1)
+    d_bias = None
+    if bias is not None and d_logits is not None:
+        d_bias = _bias_grad(cfg, d_logits, bias, q.shape, k.shape[-3])
+    return (
+        _unitems(dq, q).astype(q.dtype),
+        _unitems(dk, k).astype(k.dtype),
+        _unitems(dv, v).astype(v.dtype),
+        d_bias,
+    )
+
+
+def _gradients_fwd(
+    call: Call, arrays: tuple[Any, ...], out: jax.Array, shift: jax.Array, inv_total: jax.Array, d_out: jax.Array
+) -> tuple[Any, tuple[Any, ...]]:
+    return _gradients(call, arrays, out, shift, inv_total, d_out), (arrays, out, shift, inv_total, d_out)
+
+
+def _gradients_bwd(call: Call, residuals: tuple[Any, ...], cotangents: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Reverse-over-reverse: the first derivatives' total derivative, through the XLA tiles.
+    arrays, out, shift, inv_total, d_out = residuals
+    q, k, v, bias, *rest = arrays
+    wanted = cotangents if bias is not None else cotangents[:3]
+
+    def first(q: jax.Array, k: jax.Array, v: jax.Array, bias: Any, d_out: jax.Array) -> tuple[Any, ...]:
+        grads = _xla_vjp(call, (q, k, v, bias, *rest), d_out)
+        return grads if bias is not None else grads[:3]
+
+    _, vjp = jax.vjp(first, q, k, v, bias, d_out)
+    dq, dk, dv, d_bias, d_d_out = vjp(tuple(wanted))
+    d_arrays = (dq, dk, dv, d_bias, None, None, None, None)
+    return d_arrays, jnp.zeros_like(out), jnp.zeros_like(shift), jnp.zeros_like(inv_total), d_d_out
+
+
+_gradients.defvjp(_gradients_fwd, _gradients_bwd)
+
+
+def _bias_grad(cfg: Kernel, d_logits: jax.Array, bias: jax.Array, q_shape: tuple[int, ...], s: int) -> jax.Array:
+    """The bias's gradient from the logits' (BN, nk, Tp, kb): summed over the axes the bias broadcasts along."""
+    *batch, t, n, _ = q_shape
+    x = d_logits.reshape(-1, n, *d_logits.shape[1:]).transpose(0, 1, 3, 2, 4)  # (B, N, Tp, nk, kb)
+    x = x.reshape(*batch, n, x.shape[2], -1)[..., :t, :s]  # (..., N, T, S)
+    shape = (1,) * (x.ndim - bias.ndim) + bias.shape
+    axes = tuple(axis for axis, size in enumerate(shape) if size == 1 and x.shape[axis] != 1)
+    return x.sum(axis=axes, keepdims=True).reshape(bias.shape).astype(bias.dtype)
 
 
 def flash_attention(
@@ -855,11 +959,14 @@ def flash_attention(
     masked_logit: float,
     head_seeds: bool,
     dropout: bool = True,
+    platform: Platform | None = None,
 ) -> jax.Array:
     """The dropout path in the Pallas kernels: the arguments and result of ``_attention._dropout_attention``.
 
     The caller has checked the inputs and that :func:`unsupported` is None;
     the output is non-empty. ``dropout=False`` runs the kernels with no mask.
+    ``platform`` None chooses the lowering (Triton, Mosaic or the interpreter)
+    when lowered; a caller that has already chosen the platform names it.
     """
     *batch_list, t, n, h = q.shape
     s, kv_heads, hv = v.shape[-3:]
@@ -867,11 +974,6 @@ def flash_attention(
     weights = (*batch, n, t, s)
     mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
     q_block, k_block, hp, hvp = blocks_and_head(block_size, t, s, h, hv)
-    t_padded, s_padded = -(-t // q_block) * q_block, -(-s // k_block) * k_block
-    bias_parts, bias_layout = _parts(bias, batch, t_padded, s_padded, k_block)
-    mask_parts, mask_layout = _parts(mask, batch, t_padded, s_padded, k_block)
-    if mask_parts is not None:
-        mask_parts = mask_parts.astype(jnp.int8)  # bool refs lower unevenly; int8 costs the same memory
     row_strides, head_stride = _row_strides(batch, n, t, shared)
     cfg = Kernel(
         scale=scale,
@@ -892,26 +994,21 @@ def flash_attention(
         head_stride=0 if head_seeds else head_stride,
         head_seeds=head_seeds,
         dropout=dropout,
-        bias_layout=bias_layout,
-        mask_layout=mask_layout,
+        bias_layout=_layout(bias, len(weights)),
+        mask_layout=_layout(mask, len(weights)),
         bias_grad=False,
+        platform=platform,
     )
-
-    def items(x: jax.Array, length: int, padded: int, width: int) -> jax.Array:
-        """(..., L, heads, H) as (B heads, padded L, padded H), with zeros."""
-        x = x.reshape(-1, *x.shape[-3:])
-        x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0), (0, width - x.shape[-1])))
-        return x.transpose(0, 2, 1, 3).reshape(-1, padded, width)
-
-    out = _flash(
-        cfg,
-        items(q, t, t_padded, hp),
-        items(k, s, s_padded, hp),
-        items(v, s, s_padded, hvp),
-        bias_parts,
-        mask_parts,
-        _words(seeds, threshold),
-        jnp.asarray(inv_keep, jnp.float32).reshape(1),
+    options = (
+        ("shared", shared),
+        ("scale", scale),
+        ("is_causal", is_causal),
+        ("block_size", block_size),
+        ("window", window),
+        ("masked_logit", masked_logit),
+        ("head_seeds", head_seeds),
     )
-    out = out.reshape(-1, n, t_padded, hvp)[:, :, :t, :hv].transpose(0, 2, 1, 3)
-    return out.reshape(*batch, t, n, hv)
+    call = Call(kernel=cfg, options=options, hp=hp, hvp=hvp)
+    if not dropout:  # the XLA tiles of higher derivatives drop nothing either
+        threshold, inv_keep = jnp.uint32(1 << 16), jnp.float32(1.0)
+    return _attention(call, q, k, v, bias, mask, seeds, threshold, inv_keep)
