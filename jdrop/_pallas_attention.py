@@ -916,11 +916,12 @@ def _gradients_bwd(call: Call, residuals: tuple[Any, ...], cotangents: tuple[Any
     # Reverse-over-reverse: the first derivatives' total derivative, through the XLA tiles.
     arrays, out, shift, inv_total, d_out = residuals
     q, k, v, bias, *rest = arrays
-    wanted = cotangents if bias is not None else cotangents[:3]
+    with_bias = bias is not None and call.kernel.bias_grad  # whether the first derivatives include the bias's
+    wanted = cotangents if with_bias else cotangents[:3]
 
     def first(q: jax.Array, k: jax.Array, v: jax.Array, bias: Any, d_out: jax.Array) -> tuple[Any, ...]:
         grads = _xla_vjp(call, (q, k, v, bias, *rest), d_out)
-        return grads if bias is not None else grads[:3]
+        return grads if with_bias else grads[:3]
 
     _, vjp = jax.vjp(first, q, k, v, bias, d_out)
     dq, dk, dv, d_bias, d_d_out = vjp(tuple(wanted))
