@@ -492,3 +492,19 @@ def test_bias_gradient_lowers():
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     for platform, call in (("cuda", TRITON), ("tpu", "tpu_custom_call")):
         assert custom_calls(export(gradient, platform, q, bias, key)).count(call) == 3
+
+
+def test_the_flax_swap_runs_the_kernels_when_lowered_for_gpu():
+    # The swaps call the dropout path with implementation=None: on GPU they get the kernels, unchanged.
+    linen = pytest.importorskip("jdrop.linen")
+    q = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+
+    def gradient(q, key):
+        def loss(q):
+            out = linen.dot_product_attention(q, q, q, dropout_rng=key, dropout_rate=0.1, broadcast_dropout=False)
+            return out.astype(jnp.float32).sum()
+
+        return jax.grad(loss)(q)
+
+    assert custom_calls(export(gradient, "cuda", q, key)).count(TRITON) == 3
