@@ -98,17 +98,22 @@ def blocks_and_head(
 
     Tiles are powers of two from 16 to the default (or ``block_size``), at
     most the lengths rounded up to a power of two; head sizes are padded to
-    a power of two of at least 16.
+    a power of two of at least 16. The default halves the query tile for
+    head sizes above 128, whose tiles would otherwise fill a GPU's registers
+    (a guess from the sizes, not a measurement: no GPU has run the kernels).
     """
+    h_padded, hv_padded = max(MIN_BLOCK, _next_power_of_two(h)), max(MIN_BLOCK, _next_power_of_two(hv))
     if block_size is None:
         q_block, k_block = DEFAULT_BLOCKS
+        if max(h_padded, hv_padded) > 128:
+            q_block //= 2
     elif isinstance(block_size, tuple | list):
         q_block, k_block = (int(size) for size in block_size)
     else:
         q_block, k_block = DEFAULT_BLOCKS[0], int(block_size)
     q_block = max(MIN_BLOCK, min(q_block, _next_power_of_two(t)))
     k_block = max(MIN_BLOCK, min(k_block, _next_power_of_two(s)))
-    return q_block, k_block, max(MIN_BLOCK, _next_power_of_two(h)), max(MIN_BLOCK, _next_power_of_two(hv))
+    return q_block, k_block, h_padded, hv_padded
 
 
 def unsupported(
@@ -488,11 +493,15 @@ def _shape(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
 
 
 def _compiler_params(platform: Platform, head: int) -> Any:
-    """Triton's warps and stages on GPU; on TPU, every grid axis parallel (each program writes its own blocks)."""
+    """Triton's warps and stages on GPU; on TPU, every grid axis parallel (each program writes its own blocks).
+
+    One pipeline stage for head sizes above 128: two stages of 128-key tiles of
+    256 columns would need more than an H100's 228 KiB of shared memory.
+    """
     if platform == "cuda":
         from jax.experimental.pallas import triton as plgpu
 
-        return plgpu.CompilerParams(num_warps=4 if head <= 64 else 8, num_stages=2)
+        return plgpu.CompilerParams(num_warps=4 if head <= 64 else 8, num_stages=2 if head <= 128 else 1)
     if platform == "tpu":
         from jax.experimental.pallas import tpu as pltpu
 

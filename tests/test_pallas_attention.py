@@ -461,6 +461,12 @@ def test_realistic_sizes_lower(platform, t, h, dtype, is_causal):
     check_lowering(platform, t, t, h, dtype, is_causal)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_head_size_256_lowers(platform):
+    check_lowering(platform, 1024, 1024, 256, jnp.bfloat16, True)
+
+
 def test_none_chooses_the_kernels_when_lowered_for_gpu_and_tpu_and_the_tiles_for_cpu():
     # One traced function: its cuda and tpu lowerings run the kernels, its cpu lowering the XLA tiles.
     forward, gradient, shapes = attention_function(256, 256, 4, 4, 64, jnp.float32, False, implementation=None)
