@@ -1021,4 +1021,33 @@ def flash_attention(
     call = Call(kernel=cfg, options=options, hp=hp, hvp=hvp)
     if not dropout:  # the XLA tiles of higher derivatives drop nothing either
         threshold, inv_keep = jnp.uint32(1 << 16), jnp.float32(1.0)
-    return _attention(call, q, k, v, bias, mask, seeds, threshold, inv_keep)
+    out_sharding = _explicit_sharding(q)
+    if out_sharding is not None:
+        # A pallas_call is not partitioned: with explicit sharding in types its inputs are made whole on
+        # every device (a gather), and the output is given the query's sharding back.
+        q, k, v = _replicated(q), _replicated(k), _replicated(v)
+        bias = None if bias is None else _replicated(bias)
+        mask = None if mask is None else _replicated(mask)
+    out = _attention(call, q, k, v, bias, mask, seeds, threshold, inv_keep)
+    if out_sharding is None:
+        return out
+    resharded: jax.Array = jax.sharding.reshard(out, out_sharding)  # type: ignore[no-untyped-call]
+    return resharded
+
+
+def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
+    """``x``'s sharding where its type carries one that splits an axis (explicit mesh axes), else None."""
+    sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, jax.sharding.NamedSharding) or jax.sharding.get_abstract_mesh().empty:
+        return None
+    return sharding if any(entry is not None for entry in sharding.spec) else None
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    """``x`` whole on every device, if its type says it is split."""
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return x
+    everywhere = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())  # type: ignore[no-untyped-call]
+    whole: jax.Array = jax.sharding.reshard(x, everywhere)  # type: ignore[no-untyped-call]
+    return whole

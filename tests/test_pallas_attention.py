@@ -20,6 +20,7 @@ import jaxlib
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from multidevice_checks import run_on_host_devices
 from test_attention import EPS32, inputs, materialised, padding_mask, tolerance
 
 import jdrop
@@ -514,3 +515,48 @@ def test_the_flax_swap_runs_the_kernels_when_lowered_for_gpu():
         return jax.grad(loss)(q)
 
     assert custom_calls(export(gradient, "cuda", q, key)).count(TRITON) == 3
+
+
+# Run in a subprocess with 4 host devices. The kernels are not partitioned by XLA (a pallas_call has
+# no sharding rule): with sharded inputs "pallas" makes them whole (explicit sharding) or lets XLA
+# gather them (Auto), and gives the unsharded values; None keeps the XLA tiles there.
+SHARDING_CHECK = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jdrop
+
+kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+q = jax.random.normal(kq, (4, 32, 4, 16))
+k = jax.random.normal(kk, (4, 32, 2, 16))
+v = jax.random.normal(kv, (4, 32, 2, 16))
+
+def attention(q, k, v, key, implementation):
+    return jdrop.dot_product_attention(
+        q, k, v, dropout_key=key, keep_prob=0.6, is_causal=True, implementation=implementation
+    )
+
+forward = jax.jit(attention, static_argnums=4)
+loss = lambda q, k, v, key, implementation: (attention(q, k, v, key, implementation) ** 2).sum()
+backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=4)
+expected = [forward(q, k, v, jax.random.key(0), "xla"), *backward(q, k, v, jax.random.key(0), "xla")]
+results = {}
+for axes in ("auto", "explicit"):
+    types = (jax.sharding.AxisType.Auto if axes == "auto" else jax.sharding.AxisType.Explicit,) * 2
+    mesh = jax.make_mesh((2, 2), ("a", "b"), axis_types=types)
+    qs, ks, vs = (jax.device_put(x, NamedSharding(mesh, P("a", None, "b"))) for x in (q, k, v))
+    for implementation in ("pallas", None):
+        with jax.set_mesh(mesh):
+            got = [forward(qs, ks, vs, jax.random.key(0), implementation)]
+            got += backward(qs, ks, vs, jax.random.key(0), implementation)
+        same = all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, expected))
+        results[f"{axes} {implementation}"] = same
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow  # a 4-device subprocess
+def test_sharded_inputs_give_the_unsharded_result():
+    results = run_on_host_devices(["-c", SHARDING_CHECK], 4)
+    expected = dict.fromkeys(("auto pallas", "auto None", "explicit pallas", "explicit None"), True)
+    assert results == expected, results
