@@ -8,7 +8,11 @@
 #    so the machine's Python must already have jax with CUDA, optax and numpy.
 # 3. Writes the CPU's mask digests (JAX_PLATFORMS=cpu, on this machine's CPU), then recomputes
 #    them on the GPU and compares (benchmarks/gpu_masks.py --check: mask bits exact, floats allclose).
-# 4. Runs benchmarks/run.py --quick one section at a time on the GPU (mask, sizes, train, attention
+# 4. jdrop's Pallas attention kernels (benchmarks/pallas_gpu.py): "pallas" against "xla", the formula
+#    and the CPU's mask bits, then forward + backward time and temporary memory at T = 4096, 1024, 16384
+#    (batch 4, 16 heads, head size 64 and 128, bfloat16, causal and not) against cuDNN, jax.nn, Flax
+#    and jdrop's XLA tiles, then the lm1b transformer step at a GPU size, as its budget allows.
+# 5. Runs benchmarks/run.py --quick one section at a time on the GPU (mask, sizes, train, attention
 #    if run.py --help lists it, then variants, memory, dropin), then a measured pass of mask and
 #    sizes if time is left; needs flax, equinox and dm-haiku, and is skipped with a message without.
 #
@@ -137,7 +141,17 @@ else # no reference: at least record the GPU's digests
     --write "$OUT/gpu_masks.json" --values "$SCRATCH/gpu_masks.npz" --platform gpu
 fi
 
-# --- 4. Benchmarks on the GPU --------------------------------------------------------------------
+# --- 4. jdrop's Pallas attention kernels ----------------------------------------------------------
+# First among the benchmarks: the kernels are what GPU users run. The script keeps to its own budget
+# (10 s under the step's limit), so it writes its tables however far it got.
+pallas_limit=$(capped 210)
+if ((pallas_limit > 30)); then
+  step pallas "$pallas_limit" "$PY" benchmarks/pallas_gpu.py --out "$OUT/pallas.md" --budget $((pallas_limit - 10))
+else
+  SKIPPED+=("pallas (no time left)")
+fi
+
+# --- 5. Benchmarks on the GPU --------------------------------------------------------------------
 bench_ok=1
 if (($(capped 120) == 0)); then
   SKIPPED+=("benchmarks (no time left)")
@@ -197,6 +211,9 @@ fi
   echo "jdrop GPU check: ${SECONDS} s of the ${BUDGET} s budget; $(cut -d' ' -f2- <<<"$devices")"
   if [[ -f $OUT/gpu_masks.txt ]]; then
     echo "masks, GPU against CPU: $(grep -E '^(ALL MATCH|MISMATCH)' "$OUT/gpu_masks.txt" || echo 'no verdict (see gpu_masks.txt)')"
+  fi
+  if [[ -f $OUT/pallas.txt ]]; then
+    echo "Pallas kernels against xla, the formula and the CPU's masks: $(grep -E '^(ALL MATCH|MISMATCH)' "$OUT/pallas.txt" || echo 'no verdict (see pallas.txt)')"
   fi
   echo "failed: ${#FAILED[@]}"
   for item in ${FAILED[@]+"${FAILED[@]}"}; do echo "  $item"; done

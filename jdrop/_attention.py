@@ -49,7 +49,7 @@ from jdrop._checks import (
     _real_scalar,
 )
 from jdrop._dropout import _threshold_and_effective
-from jdrop._generator import MAX_COUNTER, hash16, seeds_of
+from jdrop._generator import MAX_COUNTER, ROUNDS, hash16, seeds_of
 
 __all__ = ["dot_product_attention"]
 
@@ -715,8 +715,96 @@ def _dropout_attention(
     masked_logit: float = -math.inf,
     head_seeds: bool = False,
     precision: Any = None,
+    implementation: Literal["xla", "pallas"] | None = None,
 ) -> jax.Array:
     """The dropout path on checked inputs: what :func:`dot_product_attention` and the Flax and Equinox swaps share.
+
+    ``implementation``: "xla" the tiles in XLA (:func:`_xla_dropout_attention`),
+    "pallas" jdrop's Pallas kernels (a ``ValueError`` if they cannot take the
+    call), None the kernels on GPU and TPU where they can take the call and
+    the XLA tiles otherwise, chosen when the computation is lowered. The
+    arguments and the values are the same on each, and so are the mask bits.
+    """
+    args = (q, k, v, bias, mask)
+    options: dict[str, Any] = {
+        "seeds": seeds,
+        "threshold": threshold,
+        "inv_keep": inv_keep,
+        "shared": shared,
+        "scale": scale,
+        "is_causal": is_causal,
+        "block_size": block_size,
+        "window": window,
+        "masked_logit": masked_logit,
+        "head_seeds": head_seeds,
+    }
+    empty = math.prod((*q.shape[:-1], v.shape[-1])) == 0 or v.shape[-3] == 0
+    if implementation == "xla" or empty:  # (the XLA path gives an empty call its zeros)
+        return _xla_dropout_attention(*args, **options, precision=precision)
+    from jdrop import _pallas_attention  # Pallas is imported on the first call that may use it
+
+    reason = _pallas_unsupported(q, v, block_size, precision)
+    if implementation == "pallas":
+        _raise_unsupported(reason)
+        return _pallas_attention.flash_attention(*args, **options)
+    if reason is not None or not _pallas_by_default():
+        return _xla_dropout_attention(*args, **options, precision=precision)
+
+    def kernels(platform: Literal["cuda", "tpu"], *arrays: Any) -> jax.Array:
+        return _pallas_attention.flash_attention(*arrays, **options, platform=platform)
+
+    def tiles(*arrays: Any) -> jax.Array:
+        return _xla_dropout_attention(*arrays, **options, precision=precision)
+
+    # Every branch is traced; only the lowering platform's is compiled.
+    out: jax.Array = lax.platform_dependent(
+        *args, cuda=functools.partial(kernels, "cuda"), tpu=functools.partial(kernels, "tpu"), default=tiles
+    )
+    return out
+
+
+def _pallas_unsupported(q: jax.Array, v: jax.Array, block_size: Any, precision: Any) -> tuple[str, str] | None:
+    """Why the Pallas kernels cannot take a call: (the argument, the reason), or None."""
+    from jdrop import _pallas_attention
+
+    return _pallas_attention.unsupported(
+        block_size=block_size, head_size=q.shape[-1], value_head_size=v.shape[-1], dtype=q.dtype, precision=precision
+    )
+
+
+def _raise_unsupported(reason: tuple[str, str] | None) -> None:
+    """The ``ValueError`` of ``implementation="pallas"`` for a call the kernels cannot take."""
+    if reason is not None:
+        raise ValueError(f"implementation='pallas' does not support this call's {reason[0]}: {reason[1]}.")
+
+
+def _pallas_by_default() -> bool:
+    """Whether ``implementation=None`` may pick the Pallas kernels on GPU and TPU: with one device, or inside
+    ``shard_map`` (whose arrays are the device's own). A ``pallas_call`` has no sharding rule, so with
+    several devices and global arrays the XLA tiles, which keep batch and head sharding, are used."""
+    return jax.device_count() == 1 or bool(jax.sharding.get_abstract_mesh().manual_axes)
+
+
+def _xla_dropout_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    *,
+    seeds: jax.Array,
+    threshold: jax.Array,
+    inv_keep: jax.Array,
+    shared: frozenset[int],
+    scale: float,
+    is_causal: bool,
+    block_size: int | tuple[int, int] | None,
+    window: tuple[int, int] | None = None,
+    masked_logit: float = -math.inf,
+    head_seeds: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """The dropout path in XLA tiles (``implementation="xla"``).
 
     ``q`` (..., T, N, H), ``k`` (..., S, K, H) and ``v`` (..., S, K, Hv) of one
     dtype; ``bias`` and ``mask`` (bool) broadcastable to the weights
@@ -850,7 +938,7 @@ def dot_product_attention(
     local_window_size: int | tuple[int, int] | None = None,
     deterministic: bool = False,
     block_size: int | tuple[int, int] | None = None,
-    implementation: Literal["xla", "cudnn"] | None = None,
+    implementation: Literal["xla", "cudnn", "pallas"] | None = None,
 ) -> jax.Array:
     r"""Scaled dot-product attention with dropout on the attention weights, computed in blocks of keys.
 
@@ -903,7 +991,14 @@ def dot_product_attention(
     With dropout off (``deterministic=True`` or the concrete ``keep_prob``
     1.0) this calls ``jax.nn.dot_product_attention`` with the same arguments
     (``implementation="cudnn"`` selects cuDNN's fused kernel on GPU), with the
-    rule above for rows that no key can attend.
+    rule above for rows that no key can attend; ``implementation="pallas"``
+    runs jdrop's kernels without a mask instead.
+
+    On GPU and TPU the dropout path runs jdrop's own flash-attention kernels
+    (Pallas; ``implementation`` below), with the mask hashed inside the kernel
+    from each weight's position: the same bits as the XLA tiles and
+    ``jdrop.dropout``. Their backward pass has no derivative of its own:
+    reverse-over-reverse derivatives need ``implementation="xla"``.
 
     The arguments are ``jax.nn.dot_product_attention``'s, with any number of
     batch axes, plus the dropout's (``dropout_key``, ``keep_prob``,
@@ -933,8 +1028,15 @@ def dot_product_attention(
       block_size: keys per tile (an int), or a pair (queries, keys) per tile,
         each at least 1; None picks (1024, 512) on one CPU device and
         (128, 128) elsewhere, at most (T, S). Only memory and speed depend on it.
-      implementation: passed to ``jax.nn.dot_product_attention`` on the fast
-        path (dropout off); the dropout path is jdrop's own XLA code on every backend.
+      implementation: with dropout on, ``"pallas"`` runs jdrop's Pallas
+        kernels (Triton on GPU, Mosaic on TPU, Pallas's interpreter on CPU,
+        for tests), ``"xla"`` and ``"cudnn"`` jdrop's XLA tiles, and None
+        the kernels on GPU and TPU for every call they take (with one device,
+        or inside ``shard_map``) and the XLA tiles otherwise, on CPU always:
+        chosen when the computation is lowered, so one traced function
+        lowers to each. All draw the same mask bits. With dropout off,
+        ``"pallas"`` runs the kernels without a mask, and the others are
+        passed to ``jax.nn.dot_product_attention``.
 
     Returns:
       The attention output, of ``query``'s shape and dtype. An empty output
@@ -945,7 +1047,10 @@ def dot_product_attention(
         N not a multiple of K, a ``bias``, ``mask`` or sequence lengths that do
         not fit), ``block_size`` or ``local_window_size`` is out of range, a
         concrete ``keep_prob`` is outside (0, 1], an axis of ``broadcast_dims``
-        is out of range, or ``dropout_key`` is missing while dropout is on.
+        is out of range, ``dropout_key`` is missing while dropout is on, or
+        ``implementation="pallas"`` is given a call the kernels do not take
+        (a head size above 256, float64, tiles that are not powers of two
+        from 16); the message names the argument.
       TypeError: if an input is not floating (``mask``: not bool; sequence
         lengths: not integer), the dtypes of ``query``, ``key`` and ``value``
         differ, or an argument has the wrong type.
@@ -981,8 +1086,8 @@ def dot_product_attention(
     window = _check_window(local_window_size)
     if block_size is not None:
         _tile_sizes(block_size, t, s, "loop")  # checked now, before any work
-    if implementation not in (None, "xla", "cudnn"):
-        raise ValueError(f"implementation must be None, 'xla' or 'cudnn', got {implementation!r}.")
+    if implementation not in (None, "xla", "cudnn", "pallas"):
+        raise ValueError(f"implementation must be None, 'xla', 'cudnn' or 'pallas', got {implementation!r}.")
     switched_off = _check_deterministic(deterministic)
     concrete_keep_prob = _check_keep_prob(keep_prob)
     shared = _check_broadcast_dims(broadcast_dims, len(weights), of="the attention weights (..., N, T, S)")
@@ -995,7 +1100,30 @@ def dot_product_attention(
         mask = attend if mask is None else mask.reshape((1,) * (len(weights) - mask.ndim) + mask.shape) & attend
     if math.prod((*batch, t, n, h)) == 0 or s == 0:  # an empty output, or no key for any row: zeros, as jax.nn
         return jnp.zeros(q.shape, q.dtype)
-    if typed_key is None:
+    if typed_key is None and implementation == "pallas":  # the kernels with no mask at all
+        from jdrop import _pallas_attention
+
+        _raise_unsupported(_pallas_unsupported(q, v, block_size, None))
+        out = _pallas_attention.flash_attention(
+            q,
+            k,
+            v,
+            bias,
+            mask,
+            seeds=jnp.zeros((2 + ROUNDS,), jnp.uint32),
+            threshold=jnp.uint32(0),
+            inv_keep=jnp.float32(1.0),
+            shared=frozenset(),
+            scale=float(scale_value),
+            is_causal=bool(is_causal),
+            block_size=block_size,
+            window=window,
+            masked_logit=-math.inf,
+            head_seeds=False,
+            dropout=False,
+        )
+    elif typed_key is None:
+        assert implementation != "pallas"
         out = _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), window, implementation)
     else:
         _check_counters(weights, shared)
@@ -1014,6 +1142,8 @@ def dot_product_attention(
             is_causal=bool(is_causal),
             block_size=block_size,
             window=window,
+            # "cudnn" keeps the XLA tiles, as before: cuDNN's kernel has no mask of jdrop's.
+            implementation={"cudnn": "xla"}.get(implementation, implementation),  # type: ignore[arg-type]
         )
     if query_lengths is not None:  # queries at or beyond the length give 0, as in jax.nn
         valid = lax.broadcasted_iota(query_lengths.dtype, (*batch, t), len(batch)) < query_lengths[..., None]
