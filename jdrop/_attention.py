@@ -997,8 +997,9 @@ def dot_product_attention(
     On GPU and TPU the dropout path runs jdrop's own flash-attention kernels
     (Pallas; ``implementation`` below), with the mask hashed inside the kernel
     from each weight's position: the same bits as the XLA tiles and
-    ``jdrop.dropout``. Their backward pass has no derivative of its own:
-    reverse-over-reverse derivatives need ``implementation="xla"``.
+    ``jdrop.dropout``. The kernels compute values and first derivatives;
+    second and higher derivatives (reverse over reverse) are computed by the
+    XLA tiles, with the same mask bits.
 
     The arguments are ``jax.nn.dot_product_attention``'s, with any number of
     batch axes, plus the dropout's (``dropout_key``, ``keep_prob``,
@@ -1100,31 +1101,31 @@ def dot_product_attention(
         mask = attend if mask is None else mask.reshape((1,) * (len(weights) - mask.ndim) + mask.shape) & attend
     if math.prod((*batch, t, n, h)) == 0 or s == 0:  # an empty output, or no key for any row: zeros, as jax.nn
         return jnp.zeros(q.shape, q.dtype)
-    if typed_key is None and implementation == "pallas":  # the kernels with no mask at all
-        from jdrop import _pallas_attention
+    if typed_key is None:  # dropout off
+        if implementation == "pallas":  # the kernels with no mask at all
+            from jdrop import _pallas_attention
 
-        _raise_unsupported(_pallas_unsupported(q, v, block_size, None))
-        out = _pallas_attention.flash_attention(
-            q,
-            k,
-            v,
-            bias,
-            mask,
-            seeds=jnp.zeros((2 + ROUNDS,), jnp.uint32),
-            threshold=jnp.uint32(0),
-            inv_keep=jnp.float32(1.0),
-            shared=frozenset(),
-            scale=float(scale_value),
-            is_causal=bool(is_causal),
-            block_size=block_size,
-            window=window,
-            masked_logit=-math.inf,
-            head_seeds=False,
-            dropout=False,
-        )
-    elif typed_key is None:
-        assert implementation != "pallas"
-        out = _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), window, implementation)
+            _raise_unsupported(_pallas_unsupported(q, v, block_size, None))
+            out = _pallas_attention.flash_attention(
+                q,
+                k,
+                v,
+                bias,
+                mask,
+                seeds=jnp.zeros((2 + ROUNDS,), jnp.uint32),
+                threshold=jnp.uint32(0),
+                inv_keep=jnp.float32(1.0),
+                shared=frozenset(),
+                scale=float(scale_value),
+                is_causal=bool(is_causal),
+                block_size=block_size,
+                window=window,
+                masked_logit=-math.inf,
+                head_seeds=False,
+                dropout=False,
+            )
+        else:
+            out = _jax_nn_attention(q, k, v, bias, mask, batch, scale_value, bool(is_causal), window, implementation)
     else:
         _check_counters(weights, shared)
         threshold, effective = _threshold_and_effective(keep_prob)
