@@ -56,6 +56,8 @@ def main(devices: int) -> None:
         # sum in the MLP exact, so its output is bit-identical under any sharding
         # exactly when its masks are (as in multidevice_checks.py).
         "x_int": jnp.asarray(rng.integers(-4, 5, (batch, features)), jnp.float32),
+        # Attention's (B, T, N, H), sharded along the batch: 16 examples of 64 queries, 2 heads of 16.
+        "qkv": jnp.asarray(rng.normal(size=(16, 64, 2, 16)), jnp.float32),
     }
     params = [
         {"w": jnp.asarray(rng.integers(-2, 3, (n_in, n_out)), jnp.float32), "b": jnp.zeros(n_out)}
@@ -87,6 +89,24 @@ def main(devices: int) -> None:
             same_mask_and_close,
         ),
         "mlp_apply": (lambda x: jdrop.mlp_apply(params, x, key=key, keep_probs=(0.5, 0.5)), ("x_int",), exact),
+        # The attention's mask, drawn per tile: its counters must be the device's own items too.
+        "dot_product_attention": (
+            lambda q: jdrop.dot_product_attention(q, q, q, dropout_key=key, keep_prob=keep),
+            ("qkv",),
+            close,
+        ),
+        "dot_product_attention gradient": (
+            lambda q: jax.grad(
+                lambda q: (jdrop.dot_product_attention(q, q, q, dropout_key=key, keep_prob=keep) ** 2).sum()
+            )(q),
+            ("qkv",),
+            close,
+        ),
+        "nnx.dot_product_attention": (
+            lambda q: jdrop.nnx.dot_product_attention(q, q, q, dropout_rng=key, dropout_rate=rate),
+            ("qkv",),
+            close,
+        ),
         # Equinox's own idiom: the layer sees one example, with a key per example.
         "equinox.Dropout under vmap": (
             lambda k, x: jax.vmap(lambda k, row: jdrop.equinox.Dropout(rate)(row, key=k))(k, x),
@@ -190,6 +210,9 @@ def main(devices: int) -> None:
             return [(x.shape[0], 1)] if layout == "batch" else []  # shared by all devices when features are split
         if "broadcast_dims" in name:
             return [(x.shape[0], 1, x.shape[2])]
+        if "attention" in name:  # the mask of the weights (B, N, T, S), or of one example's for Flax's broadcast
+            b, t, n, _ = x.shape
+            return [(b, n, t, t), (n, t, t)]
         return [x.shape]
 
     # The column counters matter when the last axis is split: the functions that
