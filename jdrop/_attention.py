@@ -980,9 +980,11 @@ def dot_product_attention(
     entries from their positions (row: the row-major index over (..., N, T);
     column: the key's index). With explicit sharding in types
     (``AxisType.Explicit``, ``jax.make_mesh``'s default) the dropout path
-    takes inputs sharded along the batch and the heads; inputs sharded along
-    T or S need an ``AxisType.Auto`` mesh (its contractions over T and S
-    have no ``out_sharding``).
+    takes inputs sharded along the batch and the heads (the Pallas kernels
+    then run on each device's own items, with no collective); inputs sharded
+    along T or S need an ``AxisType.Auto`` mesh (its contractions over T and
+    S have no ``out_sharding``), or ``implementation="pallas"``, which
+    gathers them.
 
     The weights are never held for all keys at once: an online softmax
     (running maximum and sum, as FlashAttention) runs over tiles of queries
@@ -1049,8 +1051,11 @@ def dot_product_attention(
       implementation: with dropout on, ``"pallas"`` runs jdrop's Pallas
         kernels (Triton on GPU, Mosaic on TPU, Pallas's interpreter on CPU,
         for tests), ``"xla"`` and ``"cudnn"`` jdrop's XLA tiles, and None
-        the kernels on GPU and TPU for every call they take (with one device,
-        or inside ``shard_map``) and the XLA tiles otherwise, on CPU always:
+        the kernels on GPU and TPU for every call they take without a
+        gather (with one device, inside ``shard_map``, or under an explicit
+        mesh that splits the inputs along batch axes and heads only, each
+        device on its own items) and the XLA tiles otherwise (an
+        ``AxisType.Auto`` mesh, ``jit``'s ``in_shardings``), on CPU always:
         chosen when the computation is lowered, so one traced function
         lowers to each. All draw the same mask bits. With dropout off,
         ``"pallas"`` runs the kernels without a mask, and the others are

@@ -30,6 +30,11 @@ Mosaic on TPU, and Pallas's interpreter on CPU (for tests). Layouts:
 
 The grid is (items, tiles): two axes, so that one ``vmap`` of a call (which
 adds a grid axis) still fits Triton's three.
+
+Under an explicit mesh that splits the inputs along batch axes and heads, the
+kernels run in ``shard_map`` on each device's items; an item's first mask row
+is then its global one (the device's offset, from ``axis_index``, in the word
+array), so the bits do not depend on the sharding.
 """
 
 from __future__ import annotations
@@ -1219,6 +1224,12 @@ def flash_attention(
     the output is non-empty. ``dropout=False`` runs the kernels with no mask.
     ``platform`` None chooses the lowering (Triton, Mosaic or the interpreter)
     when lowered; a caller that has already chosen the platform names it.
+
+    Sharding (:func:`kernel_shards`): inputs split along batch axes and heads
+    in their types (an explicit mesh) run on each device's own items, with
+    the global mask rows and no collective; other explicit splits are made
+    whole first (a gather). Sharding not in the types (an Auto mesh) is left
+    to XLA, which gathers a ``pallas_call``'s inputs.
     """
     *batch_list, t, n, h = q.shape
     s, kv_heads, hv = v.shape[-3:]
