@@ -747,7 +747,7 @@ def _dropout_attention(
     if implementation == "pallas":
         _raise_unsupported(reason)
         return _pallas_attention.flash_attention(*args, **options)
-    if reason is not None or not _pallas_by_default():
+    if reason is not None or not _pallas_by_default(*args):
         return _xla_dropout_attention(*args, **options, precision=precision)
 
     def kernels(platform: Literal["cuda", "tpu"], *arrays: Any) -> jax.Array:
@@ -778,11 +778,28 @@ def _raise_unsupported(reason: tuple[str, str] | None) -> None:
         raise ValueError(f"implementation='pallas' does not support this call's {reason[0]}: {reason[1]}.")
 
 
-def _pallas_by_default() -> bool:
-    """Whether ``implementation=None`` may pick the Pallas kernels on GPU and TPU: with one device, or inside
-    ``shard_map`` (whose arrays are the device's own). A ``pallas_call`` has no sharding rule, so with
-    several devices and global arrays the XLA tiles, which keep batch and head sharding, are used."""
-    return jax.device_count() == 1 or bool(jax.sharding.get_abstract_mesh().manual_axes)
+def _pallas_by_default(q: jax.Array, k: jax.Array, *others: jax.Array | None) -> bool:
+    """Whether ``implementation=None`` may pick the Pallas kernels on GPU and TPU: where they need no gather.
+
+    With one device; inside ``shard_map`` (whose arrays are the device's
+    own); and under a mesh whose axes are all explicit (or manual) with the
+    inputs split along batch axes and heads only, which the kernels keep
+    (``_pallas_attention.kernel_shards``). Elsewhere with several devices the
+    XLA tiles, which keep any sharding: the sharding of an ``AxisType.Auto``
+    mesh or of ``jit``'s ``in_shardings`` is not in the types, and XLA would
+    gather a ``pallas_call``'s inputs, which has no sharding rule.
+    """
+    from jdrop import _pallas_attention
+
+    if jax.device_count() == 1:
+        return True
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    auto = any(mesh.shape[name] > 1 for name in mesh.auto_axes)
+    if auto:
+        return bool(mesh.manual_axes)
+    return _pallas_attention.kernel_shards(q, k, *others) != _pallas_attention.GATHER
 
 
 def _xla_dropout_attention(
@@ -963,9 +980,11 @@ def dot_product_attention(
     entries from their positions (row: the row-major index over (..., N, T);
     column: the key's index). With explicit sharding in types
     (``AxisType.Explicit``, ``jax.make_mesh``'s default) the dropout path
-    takes inputs sharded along the batch and the heads; inputs sharded along
-    T or S need an ``AxisType.Auto`` mesh (its contractions over T and S
-    have no ``out_sharding``).
+    takes inputs sharded along the batch and the heads (the Pallas kernels
+    then run on each device's own items, with no collective); inputs sharded
+    along T or S need an ``AxisType.Auto`` mesh (its contractions over T and
+    S have no ``out_sharding``), or ``implementation="pallas"``, which
+    gathers them.
 
     The weights are never held for all keys at once: an online softmax
     (running maximum and sum, as FlashAttention) runs over tiles of queries
@@ -1032,8 +1051,11 @@ def dot_product_attention(
       implementation: with dropout on, ``"pallas"`` runs jdrop's Pallas
         kernels (Triton on GPU, Mosaic on TPU, Pallas's interpreter on CPU,
         for tests), ``"xla"`` and ``"cudnn"`` jdrop's XLA tiles, and None
-        the kernels on GPU and TPU for every call they take (with one device,
-        or inside ``shard_map``) and the XLA tiles otherwise, on CPU always:
+        the kernels on GPU and TPU for every call they take without a
+        gather (with one device, inside ``shard_map``, or under an explicit
+        mesh that splits the inputs along batch axes and heads only, each
+        device on its own items) and the XLA tiles otherwise (an
+        ``AxisType.Auto`` mesh, ``jit``'s ``in_shardings``), on CPU always:
         chosen when the computation is lowered, so one traced function
         lowers to each. All draw the same mask bits. With dropout off,
         ``"pallas"`` runs the kernels without a mask, and the others are

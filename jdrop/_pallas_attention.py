@@ -30,6 +30,11 @@ Mosaic on TPU, and Pallas's interpreter on CPU (for tests). Layouts:
 
 The grid is (items, tiles): two axes, so that one ``vmap`` of a call (which
 adds a grid axis) still fits Triton's three.
+
+Under an explicit mesh that splits the inputs along batch axes and heads, the
+kernels run in ``shard_map`` on each device's items; an item's first mask row
+is then its global one (the device's offset, from ``axis_index``, in the word
+array), so the bits do not depend on the sharding.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ Platform = Literal["cpu", "cuda", "tpu"]
 #: Generator words per head in the kernels' word array: the 2 + ROUNDS key words, the threshold, padding.
 WORDS = 8
 THRESHOLD = 2 + ROUNDS  # where the threshold sits among a head's words
+ROW_OFFSET = THRESHOLD + 1  # in the first set: the shard's first mask row (0 unsharded), added to each item's
 #: Tile sizes when ``block_size`` is None: (queries, keys), at most the padded lengths.
 DEFAULT_BLOCKS = (128, 128)
 #: The smallest tile: Triton's dot wants at least 16 along each axis.
@@ -79,6 +85,7 @@ class Kernel(NamedTuple):
     row_strides: tuple[tuple[int, int, int], ...]  # as _attention._Config: an item's first mask row
     head_stride: int
     head_seeds: bool  # the words hold one set per head (Equinox)
+    sharded: bool  # the items are one device's shard: their first rows add the words' ROW_OFFSET
     dropout: bool  # False: no mask at all (the kernels without dropout, for comparison)
     # Per bias and mask: whether it varies along (batch, head, query, key); None when absent.
     bias_layout: tuple[bool, bool, bool, bool] | None
@@ -183,9 +190,15 @@ def _item_words(cfg: Kernel, words_ref: Any, n: jax.Array) -> tuple[tuple[jax.Ar
     return seeds, words_ref[base + THRESHOLD]
 
 
-def _first_row(cfg: Kernel, b: jax.Array, n: jax.Array) -> jax.Array:
-    """Item (``b``, ``n``)'s first mask row, as ``_attention._item_context`` computes it (uint32, wrapping)."""
+def _first_row(cfg: Kernel, words_ref: Any, b: jax.Array, n: jax.Array) -> jax.Array:
+    """Item (``b``, ``n``)'s first mask row, as ``_attention._item_context`` computes it (uint32, wrapping).
+
+    On a shard, (``b``, ``n``) are the device's own indices and the strides
+    the global ones; the shard's offset (its first item's first row) is added.
+    """
     row0: jax.Array = n.astype(jnp.uint32) * jnp.uint32(cfg.head_stride)
+    if cfg.sharded:
+        row0 = row0 + words_ref[ROW_OFFSET]
     for divisor, size, stride in cfg.row_strides:
         position = lax.rem(lax.div(b, jnp.int32(divisor)), jnp.int32(size))
         row0 = row0 + position.astype(jnp.uint32) * jnp.uint32(stride)
@@ -308,7 +321,7 @@ def _forward_kernel(
     if cfg.dropout:
         seeds, threshold = _item_words(cfg, words_ref, n)
         inv_keep = inv_keep_ref[0]
-        row_hash = _row_hash(seeds, _rows(cfg, _first_row(cfg, b, n), q_start, tq))  # once per query tile
+        row_hash = _row_hash(seeds, _rows(cfg, _first_row(cfg, words_ref, b, n), q_start, tq))  # once per query tile
 
     def key_tile(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
         acc, running_max, total = carry
@@ -395,7 +408,7 @@ def _dq_kernel(
     if cfg.dropout:
         seeds, threshold = _item_words(cfg, words_ref, n)
         inv_keep = inv_keep_ref[0]
-        row_hash = _row_hash(seeds, _rows(cfg, _first_row(cfg, b, n), q_start, tq))
+        row_hash = _row_hash(seeds, _rows(cfg, _first_row(cfg, words_ref, b, n), q_start, tq))
 
     def key_tile(j: jax.Array, dq: jax.Array) -> jax.Array:
         k_start = pl.multiple_of(j * tk, tk)
@@ -447,7 +460,7 @@ def _dkv_kernel(
     if cfg.dropout:
         seeds, threshold = _item_words(cfg, words_ref, n)
         inv_keep = inv_keep_ref[0]
-        row0 = _first_row(cfg, b, n)
+        row0 = _first_row(cfg, words_ref, b, n)
         col_hash = _col_hash(seeds, _cols(cfg, k_start, tk))  # once per key tile
 
     def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -713,13 +726,43 @@ def _per_platform(fn: Any, cfg: Kernel, *args: Any) -> Any:
 # --- From jdrop's layouts to the kernels' ---------------------------------------------------------
 
 
+class Shards(NamedTuple):
+    """How a call's arrays are split over an explicit mesh: only along the batch axes and the heads.
+
+    ``batch`` holds a ``PartitionSpec`` entry per batch axis (None, a mesh
+    axis, or a tuple of them), ``heads`` the entry of the query, key and value
+    heads. The kernels run on each device's (batch, head) items, in
+    ``shard_map`` over those mesh axes, with no collective.
+    """
+
+    mesh: Any  # the explicit mesh (jax.sharding.AbstractMesh)
+    batch: tuple[Any, ...]
+    heads: Any
+
+    @property
+    def axes(self) -> frozenset[str]:
+        """The mesh axes that split the items."""
+        return frozenset(_names((*self.batch, self.heads)))
+
+
+def _names(entries: tuple[Any, ...]) -> list[str]:
+    """The mesh axis names in ``PartitionSpec`` entries."""
+    names: list[str] = []
+    for entry in entries:
+        if entry is not None:
+            names.extend(entry if isinstance(entry, tuple) else (entry,))
+    return names
+
+
 class Call(NamedTuple):
     """A call's static part: the kernels' configuration and the XLA tiles' options (for higher derivatives)."""
 
-    kernel: Kernel
+    kernel: Kernel  # with the whole arrays' heads and row strides; each shard's is _local_kernel's
     options: tuple[tuple[str, Any], ...]  # _attention._xla_dropout_attention's keyword arguments
     hp: int  # head sizes padded for the kernels
     hvp: int
+    axis_strides: tuple[int, ...]  # the mask rows between consecutive items along each batch axis and the heads
+    shards: Shards | None  # None: the kernels see the whole arrays
 
 
 def _parts(
@@ -746,12 +789,15 @@ def _layout(x: jax.Array | None, ndim: int) -> tuple[bool, bool, bool, bool] | N
     return any(size != 1 for size in shape[:-3]), shape[-3] != 1, shape[-2] != 1, shape[-1] != 1
 
 
-def _words(seeds: jax.Array, threshold: jax.Array) -> jax.Array:
-    """The kernels' word array: per set of key words (one, or one per head), the words, the threshold, zeros."""
+def _words(seeds: jax.Array, threshold: jax.Array, row_offset: jax.Array | None) -> jax.Array:
+    """The kernels' word array: per set of key words (one, or one per head), the words, the threshold, zeros;
+    on a shard, its first mask row at ``ROW_OFFSET``."""
     sets = seeds.reshape(-1, seeds.shape[-1])
     thresholds = jnp.broadcast_to(jnp.asarray(threshold, jnp.uint32).reshape(1, 1), (sets.shape[0], 1))
     padding = jnp.zeros((sets.shape[0], WORDS - sets.shape[1] - 1), jnp.uint32)
     flat = jnp.concatenate([sets.astype(jnp.uint32), thresholds, padding], axis=1).reshape(-1)
+    if row_offset is not None:
+        flat = flat.at[ROW_OFFSET].set(row_offset)
     return jnp.pad(flat, (0, _next_power_of_two(flat.shape[0]) - flat.shape[0]))
 
 
@@ -763,14 +809,60 @@ def _items(x: jax.Array, padded: int, width: int) -> jax.Array:
 
 
 def _unitems(x: jax.Array, like: jax.Array | jax.ShapeDtypeStruct) -> jax.Array:
-    """The inverse of :func:`_items`: (B heads, padded L, padded H) as ``like``'s (..., L, heads, H)."""
-    *batch, length, heads, width = like.shape
-    x = x.reshape(-1, heads, x.shape[1], x.shape[2])[:, :, :length, :width].transpose(0, 2, 1, 3)
-    return x.reshape(*batch, length, heads, width)
+    """The inverse of :func:`_items`: (..., heads, padded L, padded H) as ``like``'s (..., L, heads, H).
+
+    No reshape: the batch axes and the heads keep their sharding.
+    """
+    length, width = like.shape[-3], like.shape[-1]
+    return jnp.swapaxes(x[..., :length, :width], -3, -2)
+
+
+def _unflat(x: jax.Array, batch: tuple[int, ...], heads: int) -> jax.Array:
+    """A kernel's (B heads, ...) output as (..., heads, ...): the layout that leaves a shard."""
+    return x.reshape(*batch, heads, *x.shape[1:])
+
+
+def _local_kernel(call: Call, q: jax.Array, bias: jax.Array | None, mask: jax.Array | None) -> Kernel:
+    """The kernels' configuration for the items of ``q`` (a shard's, or the whole arrays').
+
+    An item's first mask row counts over the whole mask: a shard's items are
+    located by their own indices with the global strides, plus the shard's
+    offset (:func:`_row_offset`). A bias or mask's layout is its shard's: one
+    that varies along the batch may be a single batch element's on a shard.
+    """
+    batch, heads = q.shape[:-3], q.shape[-2]
+    weights = len(batch) + 3
+    strides = call.axis_strides
+    row_strides = tuple(
+        (math.prod(batch[axis + 1 :]), batch[axis], strides[axis]) for axis in range(len(batch)) if strides[axis]
+    )
+    return call.kernel._replace(
+        heads=heads,
+        row_strides=row_strides,
+        head_stride=strides[len(batch)],
+        sharded=call.shards is not None,
+        bias_layout=_layout(bias, weights),
+        mask_layout=_layout(mask, weights),
+    )
+
+
+def _row_offset(call: Call, q: jax.Array) -> jax.Array | None:
+    """Inside ``shard_map``: the first mask row of this device's first item (uint32, wrapping); else None."""
+    if call.shards is None:
+        return None
+    offset = jnp.zeros((), jnp.uint32)
+    sizes = (*q.shape[:-3], q.shape[-2])
+    for entry, size, stride in zip((*call.shards.batch, call.shards.heads), sizes, call.axis_strides, strict=True):
+        if entry is not None and stride:
+            step = jnp.uint32(size * stride % 2**32)
+            offset = offset + lax.axis_index(entry).astype(jnp.uint32) * step
+    return offset
 
 
 def _kernel_inputs(
     call: Call,
+    cfg: Kernel,
+    row_offset: jax.Array | None,
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -781,7 +873,6 @@ def _kernel_inputs(
     inv_keep: jax.Array,
 ) -> tuple[Any, ...]:
     """The kernels' arrays (words, 1 / keep, q, k, v, bias, mask) from jdrop's."""
-    cfg = call.kernel
     batch = q.shape[:-3]
     t_padded = -(-q.shape[-3] // cfg.q_block) * cfg.q_block
     s_padded = -(-k.shape[-3] // cfg.k_block) * cfg.k_block
@@ -790,7 +881,7 @@ def _kernel_inputs(
     if mask_parts is not None:
         mask_parts = mask_parts.astype(jnp.int8)  # bool refs lower unevenly across platforms
     return (
-        _words(seeds, threshold),
+        _words(seeds, threshold, row_offset),
         jnp.asarray(inv_keep, jnp.float32).reshape(1),
         _items(q, t_padded, call.hp),
         _items(k, s_padded, call.hp),
@@ -816,6 +907,128 @@ def _xla_vjp(call: Call, arrays: tuple[Any, ...], d_out: jax.Array) -> tuple[Any
     _, vjp = jax.vjp(lambda q, k, v, bias: _xla_tiles(call, q, k, v, bias, *rest), q, k, v, bias)
     grads: tuple[Any, ...] = vjp(d_out)
     return grads
+
+
+# --- Sharding ------------------------------------------------------------------------------------
+#
+# A pallas_call has no sharding rule. Under an explicit mesh split only along the batch axes and the
+# heads, the kernels run in shard_map on each device's items: every item's keys are on its device,
+# so nothing is exchanged, and the items' first mask rows count over the whole mask
+# (_local_kernel, _row_offset), so the mask bits are those of the unsharded call.
+
+GATHER = "gather"  # kernel_shards' answer for a split the kernels cannot keep: the inputs are made whole
+
+
+def kernel_shards(q: jax.Array, k: jax.Array, *others: jax.Array | None) -> Shards | str | None:
+    """How the kernels split a call whose arrays carry explicit sharding in their types.
+
+    None when no input is split (no explicit mesh axis); a :class:`Shards`
+    when the query is split along batch axes and heads only (T and H whole) and
+    the key/value heads divide among the head shards; else ``GATHER``.
+    """
+    arrays = [x for x in (q, k, *others) if x is not None]
+    if all(_explicit_sharding(x) is None for x in arrays):
+        return None
+    sharding = _explicit_sharding(q)
+    if sharding is None:
+        return GATHER
+    spec = (*sharding.spec, *(None,) * (q.ndim - len(sharding.spec)))
+    if spec[-3] is not None or spec[-1] is not None:  # queries or head size split
+        return GATHER
+    shards = Shards(mesh=sharding.mesh, batch=tuple(spec[:-3]), heads=spec[-2])
+    head_split = math.prod(sharding.mesh.shape[name] for name in _names((shards.heads,)))
+    if k.shape[-2] % head_split:
+        return GATHER
+    return shards
+
+
+def _token_spec(sh: Shards) -> jax.sharding.PartitionSpec:
+    """The split of q, k, v (..., L, heads, H), their gradients and the output."""
+    return jax.sharding.PartitionSpec(*sh.batch, None, sh.heads, None)  # type: ignore[no-untyped-call]
+
+
+def _item_spec(sh: Shards) -> jax.sharding.PartitionSpec:
+    """The split of the forward kernel's outputs (..., heads, Tp, W)."""
+    return jax.sharding.PartitionSpec(*sh.batch, sh.heads, None, None)  # type: ignore[no-untyped-call]
+
+
+def _part_spec(sh: Shards, x: jax.Array) -> jax.sharding.PartitionSpec:
+    """The split of a bias or mask broadcastable to (..., N, T, S): the items' along the axes it varies on."""
+    lead = (*sh.batch, sh.heads)
+    offset = len(lead) + 2 - x.ndim  # x's axis i is the weights' axis i + offset
+    entries = [
+        lead[i + offset] if i + offset < len(lead) and i + offset >= 0 and x.shape[i] != 1 else None
+        for i in range(x.ndim)
+    ]
+    return jax.sharding.PartitionSpec(*entries)  # type: ignore[no-untyped-call]
+
+
+def _seeds_spec(sh: Shards, call: Call) -> jax.sharding.PartitionSpec:
+    """The split of the generator's words: one set per head follows the heads."""
+    if call.kernel.head_seeds:
+        return jax.sharding.PartitionSpec(sh.heads, None)  # type: ignore[no-untyped-call]
+    return jax.sharding.PartitionSpec()  # type: ignore[no-untyped-call]
+
+
+def _arg_specs(call: Call, args: tuple[Any, ...]) -> list[Any]:
+    """The splits of (q, k, v, bias, mask, seeds, threshold, inv_keep[, out, shift, inv_total, d_out])."""
+    assert call.shards is not None
+    sh = call.shards
+    token, items, whole = _token_spec(sh), _item_spec(sh), jax.sharding.PartitionSpec()  # type: ignore[no-untyped-call]
+    bias, mask = args[3], args[4]
+    specs = [
+        token,
+        token,
+        token,
+        None if bias is None else _part_spec(sh, bias),
+        None if mask is None else _part_spec(sh, mask),
+        _seeds_spec(sh, call),
+        whole,
+        whole,
+        items,
+        items,
+        items,
+        token,
+    ]
+    return specs[: len(args)]
+
+
+def _on_shards(call: Call, fn: Any, args: tuple[Any, ...], out_specs: Any) -> Any:
+    """``fn(call, *args)``: on the whole arrays, or with ``call.shards`` on each device's shard (``shard_map``)."""
+    sh = call.shards
+    if sh is None:
+        return fn(call, *args)
+    present = [i for i, x in enumerate(args) if x is not None]
+    specs = _arg_specs(call, args)
+
+    def local(*xs: jax.Array) -> Any:
+        full: list[Any] = [None] * len(args)
+        for i, x in zip(present, xs, strict=True):
+            full[i] = x
+        return fn(call, *full)
+
+    # Manual over every mesh axis not manual already (the kernels see no sharding in types; along the
+    # axes that split no item, each device holds the whole items); check_vma=False: a pallas_call's
+    # outputs carry no varying-axes types.
+    mapped = jax.shard_map(
+        local,
+        mesh=sh.mesh,
+        in_specs=tuple(specs[i] for i in present),
+        out_specs=out_specs,
+        axis_names=set(sh.mesh.axis_names) - set(sh.mesh.manual_axes),
+        check_vma=False,
+    )
+    return mapped(*(jnp.asarray(args[i]) for i in present))
+
+
+def _resharded(call: Call, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The call's inputs with the splits that the shards take (no copy where they have them already)."""
+    assert call.shards is not None
+    mesh = call.shards.mesh
+    return tuple(
+        None if x is None else jax.sharding.reshard(jnp.asarray(x), jax.sharding.NamedSharding(mesh, spec))  # type: ignore[no-untyped-call]
+        for x, spec in zip(args, _arg_specs(call, args), strict=True)
+    )
 
 
 # --- Differentiation ------------------------------------------------------------------------------
@@ -865,12 +1078,21 @@ _attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _forward(call: Call, *arrays: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The forward kernel: the output (BN, Tp, Hvp) and per-row shift and reciprocal sum (BN, Tp, 1)."""
-    words, inv_keep, q, k, v, bias, mask = _kernel_inputs(call, *arrays)
-    result: tuple[jax.Array, jax.Array, jax.Array] = _per_platform(
-        _forward_call, call.kernel, words, inv_keep, q, k, v, bias, mask
-    )
+    """The forward kernel: the output (..., N, Tp, Hvp) and per-row shift and reciprocal sum (..., N, Tp, 1)."""
+    sh = call.shards
+    out_specs = None if sh is None else (_item_spec(sh),) * 3
+    result: tuple[jax.Array, jax.Array, jax.Array] = _on_shards(call, _local_forward, arrays, out_specs)
     return result
+
+
+def _local_forward(call: Call, *arrays: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`_forward` on the whole arrays or on one device's shard of them."""
+    q = arrays[0]
+    batch, heads = q.shape[:-3], q.shape[-2]
+    cfg = _local_kernel(call, q, arrays[3], arrays[4])
+    words, inv_keep, q3, k3, v3, bias, mask = _kernel_inputs(call, cfg, _row_offset(call, q), *arrays)
+    out, shift, inv_total = _per_platform(_forward_call, cfg, words, inv_keep, q3, k3, v3, bias, mask)
+    return _unflat(out, batch, heads), _unflat(shift, batch, heads), _unflat(inv_total, batch, heads)
 
 
 def _forward_fwd(call: Call, *arrays: Any) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[Any, ...]]:
@@ -892,9 +1114,31 @@ def _gradients(
     call: Call, arrays: tuple[Any, ...], out: jax.Array, shift: jax.Array, inv_total: jax.Array, d_out: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """The backward kernels: gradients in q, k, v (their dtypes and shapes) and the bias (or None)."""
-    cfg = call.kernel
+    sh = call.shards
+    out_specs: Any = None
+    summed: tuple[str, ...] = ()
+    if sh is not None:
+        token = _token_spec(sh)
+        bias_spec = None if arrays[3] is None else _part_spec(sh, arrays[3])
+        out_specs = (token, token, token, bias_spec)
+        if bias_spec is not None:  # the shards that share the bias (it is broadcast along their axes)
+            summed = tuple(sorted(sh.axes - set(_names(tuple(bias_spec)))))
+    grads: tuple[jax.Array, jax.Array, jax.Array, jax.Array | None] = _on_shards(
+        call, functools.partial(_local_gradients, summed=summed), (*arrays, out, shift, inv_total, d_out), out_specs
+    )
+    return grads
+
+
+def _local_gradients(
+    call: Call, *args: Any, summed: tuple[str, ...] = ()
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """:func:`_gradients` on the whole arrays or on one device's shard of them; the bias's gradient summed
+    over the mesh axes ``summed`` (the shards that share the bias: the one collective)."""
+    *arrays, out, shift, inv_total, d_out = args
     q, k, v, bias = arrays[:4]
-    words, inv_keep, q3, k3, v3, bias_parts, mask_parts = _kernel_inputs(call, *arrays)
+    cfg = _local_kernel(call, q, bias, arrays[4])
+    words, inv_keep, q3, k3, v3, bias_parts, mask_parts = _kernel_inputs(call, cfg, _row_offset(call, q), *arrays)
+    out, shift, inv_total = (x.reshape(-1, *x.shape[-2:]) for x in (out, shift, inv_total))
     d_out3 = _items(d_out, q3.shape[1], call.hvp)
     # sum_s w_s dw_s, with w the weights after dropout, equals sum_h dO * O.
     delta = jnp.sum(d_out3.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
@@ -907,10 +1151,13 @@ def _gradients(
     d_bias = None
     if bias is not None and d_logits is not None:
         d_bias = _bias_grad(cfg, d_logits, bias, q.shape, k.shape[-3])
+        if summed:
+            d_bias = lax.psum(d_bias, summed)  # type: ignore[no-untyped-call]
+    batch, heads, kv_heads = q.shape[:-3], q.shape[-2], k.shape[-2]
     return (
-        _unitems(dq, q).astype(q.dtype),
-        _unitems(dk, k).astype(k.dtype),
-        _unitems(dv, v).astype(v.dtype),
+        _unitems(_unflat(dq, batch, heads), q).astype(q.dtype),
+        _unitems(_unflat(dk, batch, kv_heads), k).astype(k.dtype),
+        _unitems(_unflat(dv, batch, kv_heads), v).astype(v.dtype),
         d_bias,
     )
 
@@ -977,6 +1224,12 @@ def flash_attention(
     the output is non-empty. ``dropout=False`` runs the kernels with no mask.
     ``platform`` None chooses the lowering (Triton, Mosaic or the interpreter)
     when lowered; a caller that has already chosen the platform names it.
+
+    Sharding (:func:`kernel_shards`): inputs split along batch axes and heads
+    in their types (an explicit mesh) run on each device's own items, with
+    the global mask rows and no collective; other explicit splits are made
+    whole first (a gather). Sharding not in the types (an Auto mesh) is left
+    to XLA, which gathers a ``pallas_call``'s inputs.
     """
     *batch_list, t, n, h = q.shape
     s, kv_heads, hv = v.shape[-3:]
@@ -985,6 +1238,11 @@ def flash_attention(
     mask_shape = tuple(1 if axis in shared else size for axis, size in enumerate(weights))
     q_block, k_block, hp, hvp = blocks_and_head(block_size, t, s, h, hv)
     row_strides, head_stride = _row_strides(batch, n, t, shared)
+    # The mask rows between consecutive items along each batch axis and the heads (0: shared, or head_seeds).
+    counted = [1 if axis in shared else size for axis, size in enumerate((*batch, n, t))]
+    axis_strides = tuple(
+        0 if head_seeds or axis in shared else math.prod(counted[axis + 1 :]) for axis in range(len(batch) + 1)
+    )
     cfg = Kernel(
         scale=scale,
         is_causal=is_causal,
@@ -1003,6 +1261,7 @@ def flash_attention(
         row_strides=() if head_seeds else row_strides,
         head_stride=0 if head_seeds else head_stride,
         head_seeds=head_seeds,
+        sharded=False,
         dropout=dropout,
         bias_layout=_layout(bias, len(weights)),
         mask_layout=_layout(mask, len(weights)),
@@ -1018,17 +1277,29 @@ def flash_attention(
         ("masked_logit", masked_logit),
         ("head_seeds", head_seeds),
     )
-    call = Call(kernel=cfg, options=options, hp=hp, hvp=hvp)
     if not dropout:  # the XLA tiles of higher derivatives drop nothing either
         threshold, inv_keep = jnp.uint32(1 << 16), jnp.float32(1.0)
-    out_sharding = _explicit_sharding(q)
-    if out_sharding is not None:
-        # A pallas_call is not partitioned: with explicit sharding in types its inputs are made whole on
-        # every device (a gather), and the output is given the query's sharding back.
-        q, k, v = _replicated(q), _replicated(k), _replicated(v)
-        bias = None if bias is None else _replicated(bias)
-        mask = None if mask is None else _replicated(mask)
-    out = _attention(call, q, k, v, bias, mask, seeds, threshold, inv_keep)
+    shards = kernel_shards(q, k, v, bias, mask)
+    call = Call(
+        kernel=cfg,
+        options=options,
+        hp=hp,
+        hvp=hvp,
+        axis_strides=axis_strides,
+        shards=shards if isinstance(shards, Shards) else None,
+    )
+    args: tuple[Any, ...] = (q, k, v, bias, mask, seeds, threshold, inv_keep)
+    out_sharding = None
+    if call.shards is not None:
+        # Split along batch axes and heads only: each device runs the kernels on its own items.
+        args = _resharded(call, args)
+    elif shards == GATHER:
+        # Split along T, S or H (or q whole and another input split): a pallas_call is not
+        # partitioned, so its inputs are made whole on every device (a gather), and the output is
+        # given the query's sharding back.
+        out_sharding = _explicit_sharding(q)
+        args = tuple(None if x is None else _replicated(x) for x in args[:5]) + args[5:]
+    out = _attention(call, *args)
     if out_sharding is None:
         return out
     resharded: jax.Array = jax.sharding.reshard(out, out_sharding)  # type: ignore[no-untyped-call]

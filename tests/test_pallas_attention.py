@@ -516,9 +516,10 @@ def test_the_flax_swap_runs_the_kernels_when_lowered_for_gpu():
     assert custom_calls(export(gradient, "cuda", q, key)).count(TRITON) == 3
 
 
-# Run in a subprocess with 4 host devices. The kernels are not partitioned by XLA (a pallas_call has
-# no sharding rule): with sharded inputs "pallas" makes them whole (explicit sharding) or lets XLA
-# gather them (Auto), and gives the unsharded values; None keeps the XLA tiles there.
+# Run in a subprocess with 4 host devices: sharded inputs give the unsharded values. Under an Auto
+# mesh the kernels are not partitioned by XLA (a pallas_call has no sharding rule): "pallas" lets
+# XLA gather the inputs, None keeps the XLA tiles. Under an explicit mesh the kernels run on each
+# device's items (SHARDED_KERNELS_CHECK below).
 SHARDING_CHECK = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
@@ -559,3 +560,122 @@ def test_sharded_inputs_give_the_unsharded_result():
     results = run_on_host_devices(["-c", SHARDING_CHECK], 4)
     expected = dict.fromkeys(("auto pallas", "auto None", "explicit pallas", "explicit None"), True)
     assert results == expected, results
+
+
+# Run in a subprocess with 8 host devices. Under an explicit mesh split along batch and heads, each
+# device runs the kernels on its own (batch, head) items, forward and backward, with no collective,
+# and the mask counts the items' global positions: the results are the unsharded ones, the mask bit
+# for bit. On GPU implementation=None picks the kernels there (the export for cuda has the three
+# Triton kernels and no collective). Split along the queries, "pallas" gathers.
+SHARDED_KERNELS_CHECK = r"""
+import json, re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import jdrop
+from multidevice_checks import COLLECTIVES
+
+B, T, S, N, K = 4, 24, 40, 4, 2
+mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)
+kq, kk, kv, kb, km = jax.random.split(jax.random.key(1), 5)
+q = jax.random.normal(kq, (B, T, N, 16))
+k = jax.random.normal(kk, (B, S, K, 16))
+v = jax.random.normal(kv, (B, S, K, 16))
+bias = jax.random.normal(kb, (B, N, T, S))
+mask = jnp.arange(S) < jnp.array([S, 30, 17, 33])[:, None, None, None]  # (B, 1, 1, S) padding
+# Zero queries and keys, identity values (H = S): the output is the weights, zero exactly where dropped.
+q0, k0 = jnp.zeros((B, T, N, S)), jnp.zeros((B, S, K, S))
+v0 = jnp.broadcast_to(jnp.eye(S)[:, None, :], (B, S, K, S))
+
+def weights(q, k, v, key, implementation=None):
+    return jdrop.dot_product_attention(
+        q, k, v, dropout_key=key, keep_prob=0.6, is_causal=True, implementation=implementation
+    )
+
+def gradients(q, k, v, bias, mask, key, implementation=None):
+    def loss(q, k, v, bias):
+        out = jdrop.dot_product_attention(
+            q, k, v, bias, mask, dropout_key=key, keep_prob=0.7, implementation=implementation
+        )
+        return (out**2).sum()
+
+    return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+
+key = jax.random.key(0)
+expected_weights = jax.jit(weights, static_argnums=4)(q0, k0, v0, key, "xla")
+expected_grads = jax.jit(gradients, static_argnums=6)(q, k, v, bias, mask, key, "xla")
+
+def put(x, spec):
+    return jax.device_put(x, NamedSharding(mesh, spec))
+
+def collectives(compiled):
+    return sorted(c for c in COLLECTIVES if c in compiled.as_text())
+
+results = {}
+for name, batch, heads in (("batch", "a", None), ("heads", None, "b"), ("both", "a", "b")):
+    token, items = P(batch, None, heads), P(batch, heads)
+    with jax.set_mesh(mesh):
+        args = (put(q0, token), put(k0, token), put(v0, token), key, "pallas")
+        forward = jax.jit(weights, static_argnums=4).lower(*args).compile()
+        got = forward(*args[:4])
+        args = (put(q, token), put(k, token), put(v, token), put(bias, items), put(mask, P(batch)), key, "pallas")
+        backward = jax.jit(gradients, static_argnums=6).lower(*args).compile()
+        grads = backward(*args[:6])
+    results[name] = {
+        "mask bits": bool(np.array_equal(np.asarray(got) == 0, np.asarray(expected_weights) == 0)),
+        "weights": bool(np.allclose(got, expected_weights, rtol=1e-5, atol=1e-6)),
+        "gradients": [bool(np.allclose(a, b, rtol=1e-4, atol=1e-5)) for a, b in zip(grads, expected_grads)],
+        "output sharding": str(got.sharding.spec),
+        "collectives": collectives(forward) + collectives(backward),
+    }
+
+# Split along the queries: the kernels cannot keep it, so "pallas" makes the inputs whole.
+with jax.set_mesh(mesh):
+    args = (put(q0, P(None, "a")), put(k0, P()), put(v0, P()), key, "pallas")
+    forward = jax.jit(weights, static_argnums=4).lower(*args).compile()
+    got = forward(*args[:4])
+results["queries"] = {
+    "mask bits": bool(np.array_equal(np.asarray(got) == 0, np.asarray(expected_weights) == 0)),
+    "gathers": "all-gather" in forward.as_text(),
+}
+
+# On GPU, implementation=None picks the kernels under the same split, each device on its own items.
+TRITON = "__gpu$xla.gpu.triton"
+COLLECTIVE_OPS = r"stablehlo\.(all_gather|all_reduce|all_to_all|collective_\w+|reduce_scatter)"
+with jax.set_mesh(mesh):
+    shapes = [jax.ShapeDtypeStruct((8, 256, 8, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("a", None, "b")))]
+    shapes += [jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("a", None, "b")))] * 2
+    shapes.append(jax.ShapeDtypeStruct((), key.dtype))
+    try:
+        exported = jax.export.export(
+            jax.jit(lambda q, k, v, key: gradients(q, k, v, None, None, key)),
+            platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON)],
+        )(*shapes)
+    except Exception as error:
+        # Later jaxlib releases may compile Triton while lowering, which needs the CUDA plugin (a GPU machine).
+        if not re.search(r"(?i)cuda plugin|ptx|triton_kernel_call|no gpu", str(error)):
+            raise
+        results["cuda"] = "needs the CUDA plugin: " + str(error)[:200]
+    else:
+        text = exported.mlir_module()
+        results["cuda"] = {
+            "triton kernels": re.findall(r"custom_call @([\w$.]+)", text).count(TRITON),
+            "collectives": sorted(set(re.findall(COLLECTIVE_OPS, text))),
+        }
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow  # an 8-device subprocess
+def test_explicit_batch_and_head_sharding_runs_the_kernels_per_device_with_no_collective():
+    results = run_on_host_devices(["-c", SHARDED_KERNELS_CHECK], 8)
+    for name, spec in (("batch", "P('a', None, None, None)"), ("heads", "P(None, None, 'b', None)")):
+        assert results[name]["output sharding"] == spec, results
+    assert results["both"]["output sharding"] == "P('a', None, 'b', None)", results
+    for name in ("batch", "heads", "both"):
+        expected = {"mask bits": True, "weights": True, "gradients": [True] * 4, "collectives": []}
+        assert {key: results[name][key] for key in expected} == expected, (name, results[name])
+    assert results["queries"] == {"mask bits": True, "gathers": True}, results
+    if isinstance(results["cuda"], str):  # as the export helper above: only a later jaxlib on a CPU machine
+        pytest.skip(results["cuda"])
+    assert results["cuda"] == {"triton kernels": 3, "collectives": []}, results
