@@ -984,7 +984,7 @@ def dot_product_attention(
     then run on each device's own items, with no collective); inputs sharded
     along T or S need an ``AxisType.Auto`` mesh (its contractions over T and
     S have no ``out_sharding``), or ``implementation="pallas"``, which
-    gathers them.
+    gathers them (except for the gradient of a bias split along T or S).
 
     The weights are never held for all keys at once: an online softmax
     (running maximum and sum, as FlashAttention) runs over tiles of queries
