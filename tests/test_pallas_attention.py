@@ -10,6 +10,7 @@ refuses (block shapes, layouts, dtypes). Sizes stay small in the interpreter;
 the realistic lowering sweep is in the slow suite.
 """
 
+import contextlib
 import math
 import re
 
@@ -375,11 +376,23 @@ class ErrorTest(parameterized.TestCase):
 TRITON = "__gpu$xla.gpu.triton"
 
 
+#: The GPU that a cuda lowering targets on a machine without one: from jax 0.12, Pallas's Triton lowering
+#: asks which GPU it lowers for, from the abstract mesh's device when no GPU is present.
+GPU_TARGET = jax.sharding.AbstractMesh(
+    (1,),
+    ("gpu",),
+    (jax.sharding.AxisType.Explicit,),
+    abstract_device=jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu"),
+)
+
+
 def export(f, platform, *args):
     """``jax.export`` of ``jax.jit(f)`` for one platform (the Triton custom call allowed for cuda): the module text."""
     checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)] if platform == "cuda" else []
+    target = jax.sharding.use_abstract_mesh(GPU_TARGET) if platform == "cuda" else contextlib.nullcontext()
     try:
-        exported = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(*args)
+        with target:
+            exported = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(*args)
     except Exception as error:
         # Later jaxlib releases may compile Triton while lowering, which needs the CUDA plugin (a GPU machine).
         if platform == "cuda" and re.search(r"(?i)cuda plugin|ptx|triton_kernel_call|no gpu", str(error)):
@@ -645,9 +658,13 @@ results["queries"] = {
 # On GPU, implementation=None picks the kernels under the same split, each device on its own items.
 TRITON = "__gpu$xla.gpu.triton"
 COLLECTIVE_OPS = r"stablehlo\.(all_gather|all_reduce|all_to_all|collective_\w+|reduce_scatter)"
-with jax.set_mesh(mesh):
-    shapes = [jax.ShapeDtypeStruct((8, 256, 8, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("a", None, "b")))]
-    shapes += [jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("a", None, "b")))] * 2
+# The same mesh of GPUs, abstract: from jax 0.12 a cuda lowering without a GPU asks which GPU it targets.
+gpus = mesh.abstract_mesh.update(
+    abstract_device=jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
+)
+with jax.sharding.use_abstract_mesh(gpus):
+    shapes = [jax.ShapeDtypeStruct((8, 256, 8, 64), jnp.bfloat16, sharding=NamedSharding(gpus, P("a", None, "b")))]
+    shapes += [jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=NamedSharding(gpus, P("a", None, "b")))] * 2
     shapes.append(jax.ShapeDtypeStruct((), key.dtype))
     try:
         exported = jax.export.export(
