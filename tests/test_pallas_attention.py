@@ -377,7 +377,8 @@ TRITON = "__gpu$xla.gpu.triton"
 
 
 #: The GPU that a cuda lowering targets on a machine without one: from jax 0.12, Pallas's Triton lowering
-#: asks which GPU it lowers for, from the abstract mesh's device when no GPU is present.
+#: asks which GPU it lowers for, from the abstract mesh's device when no GPU is present (jax 0.10 needs
+#: none, and 0.10.1 fails with one: it looks for a GPU backend).
 GPU_TARGET = jax.sharding.AbstractMesh(
     (1,),
     ("gpu",),
@@ -389,10 +390,18 @@ GPU_TARGET = jax.sharding.AbstractMesh(
 def export(f, platform, *args):
     """``jax.export`` of ``jax.jit(f)`` for one platform (the Triton custom call allowed for cuda): the module text."""
     checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)] if platform == "cuda" else []
-    target = jax.sharding.use_abstract_mesh(GPU_TARGET) if platform == "cuda" else contextlib.nullcontext()
-    try:
+
+    def exported_for(target):
         with target:
-            exported = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(*args)
+            return jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(*args)
+
+    try:
+        try:
+            exported = exported_for(contextlib.nullcontext())
+        except RuntimeError as error:
+            if platform != "cuda" or "AbstractDevice" not in str(error):
+                raise
+            exported = exported_for(jax.sharding.use_abstract_mesh(GPU_TARGET))
     except Exception as error:
         # Later jaxlib releases may compile Triton while lowering, which needs the CUDA plugin (a GPU machine).
         if platform == "cuda" and re.search(r"(?i)cuda plugin|ptx|triton_kernel_call|no gpu", str(error)):
@@ -658,31 +667,45 @@ results["queries"] = {
 # On GPU, implementation=None picks the kernels under the same split, each device on its own items.
 TRITON = "__gpu$xla.gpu.triton"
 COLLECTIVE_OPS = r"stablehlo\.(all_gather|all_reduce|all_to_all|collective_\w+|reduce_scatter)"
-# The same mesh of GPUs, abstract: from jax 0.12 a cuda lowering without a GPU asks which GPU it targets.
-gpus = mesh.abstract_mesh.update(
-    abstract_device=jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
-)
-with jax.sharding.use_abstract_mesh(gpus):
-    shapes = [jax.ShapeDtypeStruct((8, 256, 8, 64), jnp.bfloat16, sharding=NamedSharding(gpus, P("a", None, "b")))]
-    shapes += [jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=NamedSharding(gpus, P("a", None, "b")))] * 2
-    shapes.append(jax.ShapeDtypeStruct((), key.dtype))
-    try:
-        exported = jax.export.export(
+def export_for_cuda(target_mesh, context):
+    with context:
+        sharding = NamedSharding(target_mesh, P("a", None, "b"))
+        shapes = [jax.ShapeDtypeStruct((8, 256, 8, 64), jnp.bfloat16, sharding=sharding)]
+        shapes += [jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=sharding)] * 2
+        shapes.append(jax.ShapeDtypeStruct((), key.dtype))
+        return jax.export.export(
             jax.jit(lambda q, k, v, key: gradients(q, k, v, None, None, key)),
             platforms=["cuda"],
             disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON)],
         )(*shapes)
-    except Exception as error:
-        # Later jaxlib releases may compile Triton while lowering, which needs the CUDA plugin (a GPU machine).
-        if not re.search(r"(?i)cuda plugin|ptx|triton_kernel_call|no gpu", str(error)):
+
+
+def exported_for_cuda():
+    try:
+        return export_for_cuda(mesh, jax.set_mesh(mesh))
+    except RuntimeError as error:
+        # From jax 0.12 a cuda lowering without a GPU asks which GPU it targets: the same mesh of GPUs,
+        # abstract (jax 0.10 needs none).
+        if "AbstractDevice" not in str(error):
             raise
-        results["cuda"] = "needs the CUDA plugin: " + str(error)[:200]
-    else:
-        text = exported.mlir_module()
-        results["cuda"] = {
-            "triton kernels": re.findall(r"custom_call @([\w$.]+)", text).count(TRITON),
-            "collectives": sorted(set(re.findall(COLLECTIVE_OPS, text))),
-        }
+        device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
+        gpus = mesh.abstract_mesh.update(abstract_device=device)
+        return export_for_cuda(gpus, jax.sharding.use_abstract_mesh(gpus))
+
+
+try:
+    exported = exported_for_cuda()
+except Exception as error:
+    # Later jaxlib releases may compile Triton while lowering, which needs the CUDA plugin (a GPU machine).
+    if not re.search(r"(?i)cuda plugin|ptx|triton_kernel_call|no gpu", str(error)):
+        raise
+    results["cuda"] = "needs the CUDA plugin: " + str(error)[:200]
+else:
+    text = exported.mlir_module()
+    results["cuda"] = {
+        "triton kernels": re.findall(r"custom_call @([\w$.]+)", text).count(TRITON),
+        "collectives": sorted(set(re.findall(COLLECTIVE_OPS, text))),
+    }
 print(json.dumps(results))
 """
 
