@@ -41,8 +41,6 @@ SLOW_CASES = frozenset(
         "test_values_and_gradients_match_the_formula_and_xla_bfloat16_window_broadcast_bias",
         "test_values_and_gradients_match_the_formula_and_xla_float16_two_batch_axes_random_mask",
         "test_mask_bits_equal_dropout_mask_and_xla_tiles_16_32_shared_batch_and_keys",
-        # Second derivatives come from the XLA tiles, whose own test is in the default run (test_attention.py).
-        "test_reverse_over_reverse_matches_the_formula",
     }
 )
 
