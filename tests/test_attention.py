@@ -101,16 +101,21 @@ CASES = {
 }
 
 
+def case_mask(batch, s, n, mask_kind):
+    """A sweep case's mask: "padding" (a key length per example), "random" (per example and head), or None."""
+    if mask_kind == "padding":
+        lengths = np.arange(math.prod(batch)) % s + s // 2 + 1
+        return padding_mask(batch, s, np.minimum(lengths, s))
+    if mask_kind == "random":
+        return jax.random.bernoulli(jax.random.key(8), 0.7, (*batch, n, 1, s))
+    return None
+
+
 def case_arrays(name):
     batch, t, s, n, k, h, bias_shape, mask_kind, is_causal, broadcast_dims, block_size = CASES[name]
     q, key, value = inputs(batch, t, s, n, k, h)
     bias = None if bias_shape is None else jax.random.normal(jax.random.key(7), bias_shape)
-    mask = None
-    if mask_kind == "padding":
-        lengths = np.arange(math.prod(batch)) % s + s // 2 + 1
-        mask = padding_mask(batch, s, np.minimum(lengths, s))
-    elif mask_kind == "random":
-        mask = jax.random.bernoulli(jax.random.key(8), 0.7, (*batch, n, 1, s))
+    mask = case_mask(batch, s, n, mask_kind)
     options = {"is_causal": is_causal, "broadcast_dims": broadcast_dims}
     return (q, key, value, bias, mask), options, block_size
 

@@ -11,7 +11,6 @@ the realistic lowering sweep is in the slow suite.
 """
 
 import contextlib
-import math
 import re
 
 import chex
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 from multidevice_checks import run_on_host_devices
-from test_attention import EPS32, inputs, materialised, padding_mask, tolerance
+from test_attention import EPS32, case_mask, inputs, materialised, tolerance
 
 import jdrop
 from jdrop import _pallas_attention
@@ -165,12 +164,7 @@ def case_arrays(name):
     batch, t, s, n, k, h, dtype, bias_shape, mask_kind, is_causal, window, broadcast_dims, block_size = CASES[name]
     q, key, value = inputs(batch, t, s, n, k, h, dtype=dtype)
     bias = None if bias_shape is None else jax.random.normal(jax.random.key(7), bias_shape)
-    mask = None
-    if mask_kind == "padding":
-        lengths = np.arange(math.prod(batch)) % s + s // 2 + 1
-        mask = padding_mask(batch, s, np.minimum(lengths, s))
-    elif mask_kind == "random":
-        mask = jax.random.bernoulli(jax.random.key(8), 0.7, (*batch, n, 1, s))
+    mask = case_mask(batch, s, n, mask_kind)
     if bias is not None and mask_kind == "padding":  # a row that no key can attend: output 0, gradients 0
         bias = bias.at[0, 1, 3].set(-jnp.inf)
     options = {"is_causal": is_causal, "broadcast_dims": broadcast_dims, "local_window_size": window}
